@@ -1,0 +1,1 @@
+"""Emulator backends: where the EVSE controller of each pair runs (a process or a container)."""
