@@ -1,0 +1,5 @@
+"""Docker support of the harness: engine connection with actionable errors (``engine``),
+the labels that mark every object we create (``labels``), the offline emulator image
+(``image``, behind ``harness image build``) and the crash reaper (``reaper``).
+
+Nothing here ever touches a container without our session label: no name patterns."""
