@@ -235,9 +235,9 @@ class Controller:
     def _hw_max(self) -> int:
         return HW_MAX_AMPS[self._level()]
 
-    def _upper(self) -> int:
+    def _upper(self, heartbeat: bool = True) -> int:
         upper = min(self._max_configured, self._hw_max())
-        if self._hs_trigger == HS_MISSED_NOACK:
+        if heartbeat and self._hs_trigger == HS_MISSED_NOACK:
             upper = min(upper, max(MIN_AMPS, self._hs_current))
         return upper
 
@@ -351,11 +351,14 @@ class Controller:
                 self._max_configured = value
                 self._changed()
                 return value == amps, value
-            value = max(MIN_AMPS, min(amps, self._upper()))
-            self._capacity = value
+            # Remember the request within the installation's limits; a heartbeat
+            # fallback caps the pilot only until it is acknowledged.
+            stored = max(MIN_AMPS, min(amps, self._upper(heartbeat=False)))
+            self._capacity = stored
             if kind == "saved":
-                self._saved_capacity = value
+                self._saved_capacity = stored
             self._changed()
+            value = self._pilot_amps()
             return value == amps, value
 
     def set_service_level(self, level: ServiceLevel) -> None:
