@@ -32,14 +32,14 @@ def engine_unreachable(exc: BaseException) -> PrerequisiteMissing:
             f"this user may not use {host}: run as root, or add the user to the 'docker' group "
             "(`sudo usermod -aG docker $USER`, then log in again)"
         )
-    elif host != DEFAULT_HOST:
-        fix = f"start the engine DOCKER_HOST points at ({host}), or unset DOCKER_HOST to use {DEFAULT_HOST}"
     else:
         fix = (
             "start the engine: `sudo scripts/start-dockerd` (starts dockerd in the background, "
             "logs to /var/log/openevse-harness/dockerd.log) or `sudo systemctl start docker`; "
             "install it with `sudo apt-get install docker.io`; check with `docker info`"
         )
+        if host != DEFAULT_HOST:
+            fix = f"DOCKER_HOST={host}: start the engine it names, or unset DOCKER_HOST and {fix}"
     return PrerequisiteMissing(f"Docker engine unreachable at {host}: {detail}", fix)
 
 
