@@ -219,6 +219,8 @@ class _Handler(BaseHTTPRequestHandler):
     def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
         """http.server's own errors (malformed request line, unknown method) as JSON too."""
         self.close_connection = True
+        if self.request_version == "HTTP/0.9":  # garbage request line: still answer with a status line
+            self.request_version = "HTTP/1.0"
         with contextlib.suppress(OSError):
             self._reply(code, {"error": message or HTTPStatus(code).phrase}, {}, close=True)
 
