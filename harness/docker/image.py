@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import fcntl
 import hashlib
 import importlib.util
 import os
@@ -242,26 +243,48 @@ def build_main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     started = time.monotonic()
     try:
-        client = connect()
-        context = args.context or emulator_dir()
-        if not (context / "Dockerfile").is_file():
-            raise PrerequisiteMissing(f"no Dockerfile in {context}", "pass --context <emulator dir>")
-        base = _image(client, args.base_tag)
-        base_seconds = 0.0
-        if base is None or args.rebuild_base:
-            base_seconds = build_base(client, args.base_tag, suite=args.suite, mirror=args.mirror)
-            base = client.images.get(args.base_tag)
-        else:
-            say(f"base {args.base_tag}: present ({base.short_id}); --rebuild-base remakes it")
-        emu_seconds = build_emulator(
-            client, args.tag, base=base, base_tag=args.base_tag, context=context, force=args.force
-        )
+        with _build_lock():
+            return _build(args, started)
     except PrerequisiteMissing as exc:
         print(f"harness image build: {exc.what}\n  fix: {exc.fix}", file=sys.stderr)  # noqa: T201
         return 2
     except (HarnessError, DockerException) as exc:
         print(f"harness image build: failed: {exc}", file=sys.stderr)  # noqa: T201
         return 1
+
+
+@contextlib.contextmanager
+def _build_lock() -> Iterator[None]:
+    """One build at a time per host (pytest-xdist workers, parallel CI jobs): the second
+    waits, then finds the images up to date. The kernel drops the lock if we die."""
+    path = Path(tempfile.gettempdir()) / f"openevse-harness-image-build-{os.geteuid()}.lock"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            say(f"another image build holds {path}; waiting for it")
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def _build(args: argparse.Namespace, started: float) -> int:
+    client = connect()
+    context = args.context or emulator_dir()
+    if not (context / "Dockerfile").is_file():
+        raise PrerequisiteMissing(f"no Dockerfile in {context}", "pass --context <emulator dir>")
+    base = _image(client, args.base_tag)
+    base_seconds = 0.0
+    if base is None or args.rebuild_base:
+        base_seconds = build_base(client, args.base_tag, suite=args.suite, mirror=args.mirror)
+        base = client.images.get(args.base_tag)
+    else:
+        say(f"base {args.base_tag}: present ({base.short_id}); --rebuild-base remakes it")
+    emu_seconds = build_emulator(
+        client, args.tag, base=base, base_tag=args.base_tag, context=context, force=args.force
+    )
     say(
         f"done in {time.monotonic() - started:.1f}s (base {base_seconds:.1f}s, emulator {emu_seconds:.1f}s); "
         f"use it with HARNESS_EMULATOR_IMAGE={args.tag}"
