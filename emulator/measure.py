@@ -9,6 +9,7 @@ reports; tests record these numbers without asserting them (a shared machine is 
 from __future__ import annotations
 
 import argparse
+import http.client
 import json
 import signal
 import socket
@@ -17,7 +18,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -99,10 +99,11 @@ def measure(runs: int = 5, round_trips: int = 2000) -> dict[str, Any]:
                 ready_times.append(elapsed)
                 if i == runs - 1:
                     samples = _round_trips(int(ready["rapi_port"]), round_trips)
-                    web = f"http://127.0.0.1:{ready['web_port']}"
-                    for _ in range(200):
-                        with urllib.request.urlopen(web + "/api/status", timeout=5) as r:
-                            r.read()
+                    conn = http.client.HTTPConnection("127.0.0.1", int(ready["web_port"]), timeout=5)
+                    for _ in range(200):  # some control API traffic before reading RSS
+                        conn.request("GET", "/api/status")
+                        conn.getresponse().read()
+                    conn.close()
                     result["rapi_round_trip_ms"] = {
                         "n": len(samples),
                         "p50": round(statistics.median(samples) * 1000, 3),

@@ -22,15 +22,15 @@ def test_upstream_env_names() -> None:
         "SERIAL_MODE": "pty",
         "SERIAL_TCP_PORT": "0",
         "SERIAL_PTY_PATH": "/tmp/x/rapi",
-        "WEB_HOST": "0.0.0.0",
+        "WEB_HOST": "192.0.2.1",
         "WEB_PORT": "9000",
-        "RAPI_HOST": "0.0.0.0",
+        "RAPI_HOST": "192.0.2.1",
     }
     cfg = config.parse([], env)
     assert cfg.serial_mode == "pty"
     assert cfg.rapi_port == 0
     assert cfg.pty_path == Path("/tmp/x/rapi")
-    assert (cfg.web_host, cfg.web_port, cfg.rapi_host) == ("0.0.0.0", 9000, "0.0.0.0")
+    assert (cfg.web_host, cfg.web_port, cfg.rapi_host) == ("192.0.2.1", 9000, "192.0.2.1")
 
 
 def test_flags_beat_env() -> None:
