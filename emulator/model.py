@@ -80,6 +80,9 @@ FAULTS: dict[str, tuple[int, int, int]] = {
     "diode_check": (STATE_DIODE_FAULT, 0, 0x08),
     "over_temp": (STATE_OVER_TEMP, 0, 0x10),
     "gfi_self_test": (STATE_GFI_SELF_TEST, VF_HARD_FAULT, 0x20),
+    # Ours (not in the upstream API): the remaining controller fault states.
+    "over_current": (STATE_OVER_CURRENT, 0, 0x40),
+    "relay_closure": (STATE_RELAY_CLOSURE, VF_HARD_FAULT, 0x80),
 }
 
 MIN_AMPS = 6

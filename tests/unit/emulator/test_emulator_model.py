@@ -191,6 +191,8 @@ def test_discard_keeps_a_pending_ab(ctl: Controller) -> None:
         ("diode_check", 0x05, 0),
         ("over_temp", 0x0A, 0),
         ("gfi_self_test", 0x09, 0x0002),
+        ("over_current", 0x0B, 0),
+        ("relay_closure", 0x0E, 0x0002),
     ],
 )
 def test_faults_have_their_own_state_and_open_the_relay(ctl: Controller, fault, state, vflag) -> None:
