@@ -68,6 +68,7 @@ class Rig:
         session: str | None = None,
         progress: Progress | None = None,
         backend: EmulatorBackend | None = None,
+        kind: str = "library",
     ) -> None:
         if n < 1:
             raise ValueError(f"a rig needs at least one pair, not {n}")
@@ -83,13 +84,14 @@ class Rig:
         self.ports: PortAllocator | None = None
         self.timings: dict[str, float] = {}
         self._closed = False
+        self.kind = kind
 
     # ---- start ------------------------------------------------------------------------
 
     def start(self) -> Rig:
         t0 = time.monotonic()
         self.settings.check()
-        self.state = SessionState(self.settings.run_root, self.session, argv=list(sys.argv))
+        self.state = SessionState(self.settings.run_root, self.session, argv=list(sys.argv), kind=self.kind)
         self.ports = PortAllocator(
             self.settings.run_root / "ports",
             base=self.settings.port_base,

@@ -68,7 +68,9 @@ def sessions_dir(run_root: Path) -> Path:
 class SessionState:
     """The live state file of one session; every change is written atomically at once."""
 
-    def __init__(self, run_root: Path, session: str, *, argv: list[str] | None = None) -> None:
+    def __init__(
+        self, run_root: Path, session: str, *, argv: list[str] | None = None, kind: str = "library"
+    ) -> None:
         ensure_private_dir(run_root)
         ensure_private_dir(sessions_dir(run_root))
         self.session = session
@@ -81,6 +83,7 @@ class SessionState:
             "owner_pid": pid,
             "owner_start": proc_start_time(pid),
             "owner_argv": argv or [],
+            "kind": kind,  # cli | pytest | library: `harness down` stops only cli owners unasked
             "created": time.time(),
             "children": {},  # key -> {pid, start, role, instance}
             "links": [],
