@@ -11,26 +11,27 @@ import re
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 MCU_ID = re.compile(r"^[A-Z0-9]{6}[0-9A-F]{4}$")
 
 
-def _open(mode: str, start_emulator: Callable[..., object], connect: object, tmp_path: Path):  # type: ignore[no-untyped-def]
+def _open(mode: str, start_emulator: Callable[..., Any], connect: Any, tmp_path: Path) -> tuple[Any, Any]:
     """Start an emulator in ``mode`` and connect a client; returns (emulator, client)."""
     if mode == "tcp":
         emu = start_emulator()
-        client = connect.tcp(emu.rapi_port)  # type: ignore[attr-defined]
+        client = connect.tcp(emu.rapi_port)
         # TCP: the first client gets $AB at once, before it sends anything (evse.md §1).
         ab = client.wait_async("AB", lambda t: True)
         assert ab.tokens == ["$AB", "00", "8.2.2"]
     else:
         link = tmp_path / "rapi.pty"
         emu = start_emulator("--serial-mode", "pty", "--serial-pty-path", str(link))
-        assert emu.ready["pty_path"] == str(link)  # type: ignore[attr-defined]
-        assert Path(emu.ready["pty_device"]).exists()  # type: ignore[attr-defined]
-        client = connect.serial(str(link))  # type: ignore[attr-defined]
+        assert emu.ready["pty_path"] == str(link)
+        assert Path(emu.ready["pty_device"]).exists()
+        client = connect.serial(str(link))
     return emu, client
 
 
@@ -220,3 +221,28 @@ def test_two_instances_have_distinct_ids(start_emulator, connect) -> None:
         emu = start_emulator()
         ids.add(connect.tcp(emu.rapi_port).cmd("GI")[1])
     assert len(ids) == 2
+
+
+def test_heartbeat_missed_pulse_in_real_time(start_emulator, connect, tmp_path) -> None:
+    """$SY 1 6, then silence: the tick notices the missed pulse and the pilot drops to 6 A."""
+    emu, c = _open("tcp", start_emulator, connect, tmp_path)
+    assert c.cmd("SY", "1", "6") == ["$OK", "1", "6", "0"]
+    deadline = time.monotonic() + 5
+    while c.cmd("GY")[3] != "2":
+        assert time.monotonic() < deadline, "missed heartbeat not detected within 5 s"
+        time.sleep(0.1)
+    assert c.cmd("GC")[3] == "6"
+    assert c.cmd("SY") == ["$NK", "1", "6", "2"]
+    assert c.cmd("SY", "165") == ["$OK", "1", "6", "1"]
+    assert c.cmd("GC")[3] == "32"
+    assert emu.get("/api/evse/status").json()["heartbeat"] == {"interval": 1, "current": 6, "trigger": 1}
+
+
+def test_pty_client_may_close_and_reopen(start_emulator, connect, tmp_path) -> None:
+    emu, first = _open("pty", start_emulator, connect, tmp_path)
+    assert first.cmd("GV")[0] == "$OK"
+    first.wait_async("AB", lambda t: True)
+    first.close()
+    again = connect.serial(emu.ready["pty_path"])
+    assert again.cmd("GV")[0] == "$OK"
+    assert again.cmd("GS")[1] == "01"
