@@ -221,10 +221,19 @@ def build_emulator(client: Any, tag: str, *, base: Any, base_tag: str, context: 
     elapsed = time.monotonic() - started
     say(f"emulator {tag}: built in {elapsed:.1f}s ({image.short_id})")
     if current is not None and current.id != image.id:
-        # The previous build of our own tag is now untagged: drop it unless something uses it.
-        with contextlib.suppress(APIError, DockerException):
-            client.images.remove(current.id, noprune=False)
+        _remove_if_untagged(client, current.id)  # the previous build of our tag
     return elapsed
+
+
+def _remove_if_untagged(client: Any, image_id: str) -> None:
+    """Drop an image this command replaced, but only once no tag names it any more.
+
+    Removing by id would also untag every other tag of that image in the same repository
+    (an identical build under another tag shares the id), so tagged images are kept, as are
+    images something still uses."""
+    with contextlib.suppress(APIError, DockerException):
+        if not client.images.get(image_id).tags:
+            client.images.remove(image_id, noprune=False)
 
 
 def build_main(argv: list[str] | None = None) -> int:
@@ -277,6 +286,7 @@ def _build(args: argparse.Namespace, started: float) -> int:
         raise PrerequisiteMissing(f"no Dockerfile in {context}", "pass --context <emulator dir>")
     base = _image(client, args.base_tag)
     base_seconds = 0.0
+    previous_base = base
     if base is None or args.rebuild_base:
         base_seconds = build_base(client, args.base_tag, suite=args.suite, mirror=args.mirror)
         base = client.images.get(args.base_tag)
@@ -285,6 +295,8 @@ def _build(args: argparse.Namespace, started: float) -> int:
     emu_seconds = build_emulator(
         client, args.tag, base=base, base_tag=args.base_tag, context=context, force=args.force
     )
+    if previous_base is not None and previous_base.id != base.id:
+        _remove_if_untagged(client, previous_base.id)  # our replaced base
     say(
         f"done in {time.monotonic() - started:.1f}s (base {base_seconds:.1f}s, emulator {emu_seconds:.1f}s); "
         f"use it with HARNESS_EMULATOR_IMAGE={args.tag}"

@@ -41,7 +41,8 @@ _SESSION = "-"
 def remove_containers(client: docker.DockerClient, filters: dict[str, str | list[str] | bool]) -> list[str]:
     """Force-remove every container matching ``filters``; returns their short ids."""
     removed = []
-    for container in client.containers.list(all=True, filters=filters):
+    # ignore_removed: another owner may remove its containers between the list and the inspect.
+    for container in client.containers.list(all=True, filters=filters, ignore_removed=True):
         try:
             container.remove(force=True)
         except NotFound:
@@ -67,7 +68,8 @@ def reap_dead_owner_containers(
     containers and other hosts' containers are kept."""
     client = client or default_client()
     removed = []
-    for container in client.containers.list(all=True, filters={"label": [L.SESSION, L.OWNER_PID]}):
+    mine: dict[str, str | list[str] | bool] = {"label": [L.SESSION, L.OWNER_PID]}
+    for container in client.containers.list(all=True, filters=mine, ignore_removed=True):
         labels = dict(container.labels)
         if L.owner_is_alive(labels, proc):
             continue

@@ -86,7 +86,9 @@ class FakeContainers:
         self.engine.journal.append(("create", container.short_id))
         return container
 
-    def list(self, all: bool = False, filters: dict[str, Any] | None = None) -> list[FakeContainer]:
+    def list(
+        self, all: bool = False, filters: dict[str, Any] | None = None, ignore_removed: bool = False
+    ) -> list[FakeContainer]:
         self.engine.list_filters.append(filters)
         wanted = (filters or {}).get("label", [])
         wanted = [wanted] if isinstance(wanted, str) else wanted
