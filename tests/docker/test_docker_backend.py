@@ -145,39 +145,44 @@ def test_four_emulators_start_in_parallel_answer_and_leave_only_their_logs(
     assert backend._reapers == {}, "the reaper of a fully stopped session must be gone"
 
 
+@pytest.mark.parametrize("owner_kind", ["script", "pytest"])
 def test_sigkill_of_the_owner_leaves_no_container_within_5s(
-    emulator_image: str, session: str, tmp_path: Path, docker_client: Any
+    emulator_image: str, session: str, tmp_path: Path, owner_kind: str
 ) -> None:
     out, err = tmp_path / "owner.out", tmp_path / "owner.err"
-    env = {
-        **os.environ,
-        "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
-    }
-    argv = [sys.executable, str(Path(__file__).with_name("owner_process.py"))]
-    argv += [
-        "--session",
-        session,
-        "--run-dir",
-        str(tmp_path / "sessions" / session),
-        "--image",
-        emulator_image,
-    ]
+    announce = tmp_path / "owner.json"
+    run_dir = tmp_path / "sessions" / session
+    here = Path(__file__).parent
+    pythonpath = os.pathsep.join(filter(None, [str(REPO), str(here), os.environ.get("PYTHONPATH")]))
+    env = {**os.environ, "PYTHONPATH": pythonpath}
+    if owner_kind == "script":
+        argv = [sys.executable, str(here / "owner_process.py"), "--session", session]
+        argv += ["--run-dir", str(run_dir), "--image", emulator_image, "--announce", str(announce)]
+    else:  # a whole pytest run holding the containers, as the issue asks
+        argv = [sys.executable, "-m", "pytest", "-q", "-p", "no:xdist", "-p", "no:randomly", "-s"]
+        argv += [str(here / "crash_target.py")]
+        env.update(
+            CRASH_SESSION=session,
+            CRASH_RUN_DIR=str(run_dir),
+            CRASH_IMAGE=emulator_image,
+            CRASH_ANNOUNCE=str(announce),
+        )
     with out.open("wb") as fo, err.open("wb") as fe:
-        owner = subprocess.Popen(argv, stdout=fo, stderr=fe, stdin=subprocess.DEVNULL, env=env)
+        owner = subprocess.Popen(argv, stdout=fo, stderr=fe, stdin=subprocess.DEVNULL, env=env, cwd=REPO)
     try:
 
         def announced(_remaining: float) -> dict[str, Any] | None:
-            text = out.read_text()
-            return json.loads(text.splitlines()[0]) if text.endswith("\n") else None
+            return json.loads(announce.read_text()) if announce.exists() else None
 
         info = wait_until(
             announced,
             instance=session,
-            what="owner process starts 4 containers",
+            what=f"owner ({owner_kind}) starts 4 containers",
             timeout=STARTUP_TIMEOUT + 30,
             alive=lambda: None if owner.poll() is None else f"exit code {owner.returncode}",
-            log_tail=lambda: err.read_text()[-3000:],
+            log_tail=lambda: (out.read_text() + err.read_text())[-3000:],
         )
+        assert info["pid"] == owner.pid  # the process we kill is the one that owns the containers
         assert len(info["containers"]) == 4
         assert len(docker_ps(session)) == 4
         owner.send_signal(signal.SIGKILL)
@@ -191,8 +196,8 @@ def test_sigkill_of_the_owner_leaves_no_container_within_5s(
             return time.monotonic() - killed
 
         gone_after = wait_until(none_left, instance=session, what="reaper removes the session", timeout=5.0)
-        print(f"\nowner SIGKILLed: its 4 containers were gone after {gone_after:.2f}s")
-        reaper_log = (tmp_path / "sessions" / session / "docker-reaper.log").read_text()
+        print(f"\nowner ({owner_kind}) SIGKILLed: its 4 containers were gone after {gone_after:.2f}s")
+        reaper_log = (run_dir / "docker-reaper.log").read_text()
         assert "removed 4 container(s)" in reaper_log, reaper_log
         # The reaper exits once done (it was re-parented, so poll /proc rather than wait()).
         wait_until(
