@@ -1,0 +1,433 @@
+"""The measurements: one rig's bring-up, convergence, footprint and teardown; the suite; baselines.
+
+Stage split: ``Pair.timings`` gives cumulative seconds since the pair's start at "emulator"
+and "bridge" and "ready"; the boundary between the firmware's HTTP stage and its EVSE-link stage
+is taken from the rig's progress callback (the pair says ``firmware HTTP up`` the moment
+``wait_http`` returns), timestamped on arrival. Teardown per part: each part's ``stop`` is
+wrapped on the instance before ``Rig.close()`` runs, so the rig's own teardown is what is timed.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+import threading
+import time
+import traceback
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bench.procfs import Usage, group_usage, self_cpu_s
+
+STAGES = ("emulator", "bridge", "firmware", "evse_link")
+PARTS = ("firmware", "bridge", "emulator")
+HTTP_UP = "firmware HTTP up"
+EMULATOR_UP = "emulator ready"
+
+
+@dataclass
+class RigSample:
+    """One repetition on one rig size (all times in seconds)."""
+
+    n: int
+    backend: str
+    ready_s: float | None = None
+    teardown_s: float | None = None
+    converge_s: float | None = None
+    converge_post_s: float | None = None
+    rig_overhead_s: float | None = None  # time to ready minus the slowest pair's own bring-up
+    harness_cpu_s: float | None = None  # CPU of this process (all threads) while starting
+    stages: list[dict[str, float]] = field(default_factory=list)  # one per pair
+    teardown_parts: list[dict[str, float]] = field(default_factory=list)  # one per pair
+    usage: list[dict[str, dict[str, float]]] = field(default_factory=list)  # per pair, per part
+    error: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class ProgressClock:
+    """A rig progress callback that keeps every message with its arrival time."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self.events: list[tuple[float, str]] = []
+        self._lock = threading.Lock()
+
+    def __call__(self, text: str) -> None:
+        stamp = self._clock()
+        with self._lock:
+            self.events.append((stamp, text))
+
+    def first(self, name: str, marker: str) -> float | None:
+        """When pair ``name`` first said something starting with ``marker``."""
+        prefix = f"{name}: {marker}"
+        with self._lock:
+            return next((t for t, text in self.events if text.startswith(prefix)), None)
+
+
+def stage_split(
+    timings: Mapping[str, float], emulator_said: float | None, http_said: float | None
+) -> dict[str, float]:
+    """Per-stage seconds of one pair from its cumulative ``timings`` and two message stamps.
+
+    The pair's start instant is recovered as (stamp of "emulator ready") minus timings["emulator"]
+    (the pair records the timing and says the message back to back). Without the HTTP stamp
+    the firmware stage holds both firmware stages and ``evse_link`` is absent."""
+    out: dict[str, float] = {}
+    emulator = timings.get("emulator")
+    bridge = timings.get("bridge")
+    ready = timings.get("ready")
+    if emulator is None or bridge is None or ready is None:
+        return out
+    out["emulator"] = emulator
+    out["bridge"] = bridge - emulator
+    http: float | None = None
+    if emulator_said is not None and http_said is not None:
+        http = http_said - (emulator_said - emulator)
+        if not bridge <= http <= ready:  # clock noise or a retried port: fall back
+            http = None
+    if http is None:
+        out["firmware"] = ready - bridge
+    else:
+        out["firmware"] = http - bridge
+        out["evse_link"] = ready - http
+    out["pair_ready"] = ready
+    return out
+
+
+def _wrap_stop(part: object, label: str, sink: dict[str, float]) -> None:
+    """Replace ``part.stop`` on the instance by a timed call of the original."""
+    original = getattr(part, "stop", None)
+    if original is None:
+        return
+
+    def timed(*args: Any, **kwargs: Any) -> Any:
+        t0 = time.monotonic()
+        try:
+            return original(*args, **kwargs)
+        finally:
+            sink[label] = time.monotonic() - t0
+
+    try:
+        setattr(part, "stop", timed)  # noqa: B010 - an instance attribute shadows the method
+    except AttributeError:
+        return
+
+
+def pair_usage(pids: Mapping[str, int | None]) -> dict[str, dict[str, float]]:
+    """Memory (MB) and CPU (s) of each part's process group, and their total."""
+    groups = {label: pid for label, pid in pids.items() if isinstance(pid, int)}
+    usage = group_usage(sorted(set(groups.values())))
+    out: dict[str, dict[str, float]] = {}
+    total = Usage()
+    for label, pid in groups.items():
+        u = usage.get(pid, Usage())
+        total = total + u
+        out[label] = _usage_json(u)
+    out["total"] = _usage_json(total)
+    return out
+
+
+def _usage_json(u: Usage) -> dict[str, float]:
+    return {"rss_mb": u.rss_kb / 1024, "pss_mb": u.pss_kb / 1024, "cpu_s": u.cpu_s, "processes": u.processes}
+
+
+# ---- convergence --------------------------------------------------------------------------
+
+
+def peers_converged(peers: Any, others: set[str]) -> bool:
+    """Does one unit's ``GET /loadsharing/peers`` list every id in ``others`` as online?"""
+    if not isinstance(peers, list):
+        return False
+    online = {str(p.get("id")) for p in peers if isinstance(p, dict) and p.get("online") is True}
+    return others <= online
+
+
+def measure_convergence(
+    rig: Any, *, poll: float = 0.05, timeout: float = 30.0, stop: threading.Event | None = None
+) -> tuple[float, float]:
+    """POST /loadsharing/discover on every unit, then poll every unit's peers every ``poll`` s
+    until all list all others online in one round. Returns (seconds to converge, seconds the
+    POSTs took); raises ``TimeoutError`` naming the units still short."""
+    pairs = list(rig)
+    ids = [str(p.long_id) for p in pairs]
+    t0 = time.monotonic()
+    for p in pairs:
+        resp = p.api.post("/loadsharing/discover", timeout=5.0)
+        if resp.status_code >= 300:
+            raise RuntimeError(f"{p.name}: POST /loadsharing/discover answered HTTP {resp.status_code}")
+    posted = time.monotonic() - t0
+    deadline = t0 + timeout
+    while True:
+        round_start = time.monotonic()
+        short: list[str] = []
+        for p, own in zip(pairs, ids, strict=True):
+            try:
+                resp = p.api.get("/loadsharing/peers", timeout=2.0)
+                body = resp.json() if resp.status_code == 200 else None
+            except Exception as exc:
+                body = None
+                short.append(f"{p.name} ({type(exc).__name__})")
+                continue
+            if not peers_converged(body, set(ids) - {own}):
+                short.append(p.name)
+        now = time.monotonic()
+        if not short:
+            return now - t0, posted
+        if now >= deadline:
+            raise TimeoutError(f"no convergence after {now - t0:.1f}s; still short: {', '.join(short)}")
+        if stop is not None and stop.is_set():
+            raise KeyboardInterrupt
+        time.sleep(max(0.0, round_start + poll - time.monotonic()))
+
+
+# ---- one rig ------------------------------------------------------------------------------
+
+
+def _start_interruptibly(rig: Any) -> None:
+    """``rig.start()`` in a thread, so Ctrl-C can ``abort()`` pairs still waiting."""
+    box: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            rig.start()
+        except BaseException as exc:  # handed back to the caller
+            box.append(exc)
+
+    thread = threading.Thread(target=run, name="bench-rig-start", daemon=True)
+    thread.start()
+    try:
+        while thread.is_alive():
+            thread.join(0.2)
+    except KeyboardInterrupt:
+        rig.abort()
+        thread.join()
+        raise
+    if box:
+        raise box[0]
+
+
+@contextmanager
+def _closing(rig: Any) -> Iterator[None]:
+    """Always close the rig: on success, on errors, on Ctrl-C."""
+    try:
+        yield
+    finally:
+        try:
+            rig.close()
+        except Exception as exc:
+            print(f"  teardown error: {exc}", file=sys.stderr)
+
+
+def measure_rig(
+    settings: Any,
+    n: int,
+    *,
+    converge: bool = False,
+    poll: float = 0.05,
+    converge_timeout: float = 30.0,
+    memory: bool = True,
+) -> RigSample:
+    """Start a rig of ``n`` pairs, take its footprint, optionally converge, tear it down."""
+    from harness.rig import Rig
+
+    sample = RigSample(n=n, backend=str(settings.emulator_backend))
+    clock = ProgressClock()
+    rig = Rig(settings, n, progress=clock, kind="bench")
+    with _closing(rig):
+        cpu0 = self_cpu_s()
+        t0 = time.monotonic()
+        try:
+            _start_interruptibly(rig)
+        except KeyboardInterrupt:
+            raise
+        except Exception as exc:
+            sample.error = f"start: {type(exc).__name__}: {exc}"[:4000]
+            return sample
+        sample.ready_s = time.monotonic() - t0
+        sample.harness_cpu_s = self_cpu_s() - cpu0
+        slowest = 0.0
+        for pair in rig:
+            split = stage_split(
+                pair.timings, clock.first(pair.name, EMULATOR_UP), clock.first(pair.name, HTTP_UP)
+            )
+            sample.stages.append(split)
+            slowest = max(slowest, split.get("pair_ready", 0.0))
+        sample.rig_overhead_s = sample.ready_s - slowest
+        if memory:
+            sample.usage = [pair_usage(pair.pids()) for pair in rig]
+        if converge and n > 1:
+            try:
+                sample.converge_s, sample.converge_post_s = measure_convergence(
+                    rig, poll=poll, timeout=converge_timeout
+                )
+            except (TimeoutError, RuntimeError, OSError) as exc:
+                sample.error = f"convergence: {exc}"[:4000]
+        sinks: list[dict[str, float]] = []
+        for pair in rig:
+            sink: dict[str, float] = {}
+            sinks.append(sink)
+            for label in PARTS:
+                part = getattr(pair, label, None)
+                if part is not None:
+                    _wrap_stop(part, label, sink)
+        t1 = time.monotonic()
+        try:
+            rig.close()
+        except Exception as exc:
+            sample.error = f"teardown: {type(exc).__name__}: {exc}"[:4000]
+        sample.teardown_s = time.monotonic() - t1
+        sample.teardown_parts = sinks
+    return sample
+
+
+def safe_measure_rig(settings: Any, n: int, **kwargs: Any) -> RigSample:
+    """``measure_rig`` that turns any non-interrupt failure into a sample with an error."""
+    try:
+        return measure_rig(settings, n, **kwargs)
+    except KeyboardInterrupt:
+        raise
+    except Exception as exc:
+        return RigSample(
+            n=n,
+            backend=str(getattr(settings, "emulator_backend", "?")),
+            error=f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=5)}"[:4000],
+        )
+
+
+# ---- the integration suite ----------------------------------------------------------------
+
+_COUNT = re.compile(r"(\d+) (passed|failed|errors?|skipped|xfailed|xpassed|deselected|warnings?)\b")
+_DURATION = re.compile(r"^\s*([\d.]+)s (setup|call|teardown)\s+(\S+)")
+
+
+def parse_pytest_summary(text: str) -> dict[str, int]:
+    """Counts from pytest's last summary line (``3 passed, 1 failed, 2 skipped in 12.3s``)."""
+    for line in reversed(text.strip().splitlines()):
+        if " in " in line and _COUNT.search(line):
+            counts: dict[str, int] = {}
+            for num, word in _COUNT.findall(line):
+                key = {"error": "errors", "warning": "warnings"}.get(word, word)
+                counts[key] = counts.get(key, 0) + int(num)
+            return counts
+    return {}
+
+
+def parse_durations(text: str, limit: int = 8) -> list[dict[str, Any]]:
+    """The ``--durations`` lines: the slowest setup/call/teardown phases."""
+    rows: list[dict[str, Any]] = []
+    for line in text.splitlines():
+        m = _DURATION.match(line)
+        if m:
+            rows.append({"seconds": float(m.group(1)), "phase": m.group(2), "test": m.group(3)})
+    return rows[:limit]
+
+
+def run_suite(
+    instances: int, workers: int, *, cwd: Path, log_dir: Path, timeout: float = 1800.0
+) -> dict[str, Any]:
+    """Run the integration suite once for one rig size; wall time, counts, slowest phases."""
+    argv = [
+        sys.executable, "-m", "pytest", "tests/integration",
+        "--instances", str(instances), "-q", "-p", "no:cacheprovider", "--durations=8",
+    ]  # fmt: skip
+    if workers > 1:
+        argv += ["-n", str(workers)]
+    log_dir.mkdir(parents=True, exist_ok=True)
+    log_path = log_dir / f"suite-n{instances}-w{workers}.log"
+    result: dict[str, Any] = {
+        "instances": instances,
+        "workers": workers,
+        "argv": argv[1:],
+        "log": str(log_path),
+    }
+    if not (cwd / "tests" / "integration").is_dir():
+        result["error"] = "tests/integration does not exist"
+        return result
+    t0 = time.monotonic()
+    try:
+        with log_path.open("w") as log:
+            proc = subprocess.run(
+                argv,
+                cwd=cwd,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                timeout=timeout,
+                check=False,
+            )
+        result["returncode"] = proc.returncode
+    except subprocess.TimeoutExpired:
+        result["error"] = f"timed out after {timeout:.0f}s"
+    result["wall_s"] = time.monotonic() - t0
+    text = log_path.read_text(errors="replace")
+    result["counts"] = parse_pytest_summary(text)
+    result["slowest"] = parse_durations(text)
+    if result.get("returncode") not in (0, None) and "error" not in result:
+        tail = "\n".join(text.strip().splitlines()[-6:])
+        result["error"] = f"pytest exited {result['returncode']}: {tail}"[:2000]
+    return result
+
+
+# ---- baselines ----------------------------------------------------------------------------
+
+
+def time_command(argv: list[str], reps: int = 3, timeout: float = 60.0) -> float | None:
+    """Fastest of ``reps`` runs of a command (seconds), None when it fails."""
+    best: float | None = None
+    for _ in range(reps):
+        t0 = time.monotonic()
+        try:
+            proc = subprocess.run(
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                timeout=timeout,
+                check=False,
+            )
+        except (OSError, subprocess.TimeoutExpired):
+            return None
+        if proc.returncode != 0:
+            return None
+        elapsed = time.monotonic() - t0
+        best = elapsed if best is None else min(best, elapsed)
+    return best
+
+
+def baselines(settings: Any) -> dict[str, float | None]:
+    """What a bare process start costs here: the floor under every stage."""
+    return {
+        "python_startup_s": time_command([sys.executable, "-c", "pass"]),
+        "firmware_help_s": time_command([*settings.firmware_argv, "--help"]),
+        "emulator_help_s": time_command([*settings.emulator_argv, "--help"]),
+        "firmware_imports_s": time_command(
+            [sys.executable, "-c", "import aiohttp, zeroconf, zeroconf.asyncio, openevse_sim.app"]
+        )
+        if settings.is_stand_in
+        else None,
+    }
+
+
+def docker_ready(image: str, timeout: float = 15.0) -> str | None:
+    """None when ``docker info`` answers and ``image`` exists, else why not."""
+    for argv in (["docker", "info"], ["docker", "image", "inspect", image]):
+        try:
+            proc = subprocess.run(
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                timeout=timeout,
+                check=False,
+            )
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            return f"{' '.join(argv)}: {exc}"
+        if proc.returncode != 0:
+            return f"`{' '.join(argv)}` exited {proc.returncode}"
+    return None
