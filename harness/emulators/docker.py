@@ -114,7 +114,7 @@ def http_status_ok(url: str, timeout: float) -> bool:
 
 
 class _Reaper:
-    """One reaper process per (backend, session), alive while that session has containers."""
+    """One reaper process per session in this process, alive while the session has containers."""
 
     def __init__(self, session: str, log_path: Path) -> None:
         log_path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -143,6 +143,12 @@ class _Reaper:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
+
+
+# Shared by every DockerBackend in this process: a reaper sweeps its whole session when its
+# pipe closes, so two backends of one session must share it, not close it under each other.
+_REAPERS: dict[str, _Reaper] = {}
+_REAPERS_LOCK = threading.Lock()
 
 
 class DockerEmulatorHandle:
@@ -293,7 +299,7 @@ class DockerBackend:
         self.run_id = run_id
         self.use_reaper = use_reaper
         self._lock = threading.Lock()
-        self._reapers: dict[str, _Reaper] = {}
+        self._reapers = _REAPERS
 
     def client(self) -> Any:
         with self._lock:
@@ -313,26 +319,39 @@ class DockerBackend:
     def _acquire(self, session: str, run_dir: Path) -> None:
         if not self.use_reaper:
             return
-        with self._lock:
-            reaper = self._reapers.get(session)
+        with _REAPERS_LOCK:
+            reaper = _REAPERS.get(session)
             if reaper is None or reaper.proc.poll() is not None:
                 # Next to the instance dirs: <run root>/sessions/<session>/docker-reaper.log
                 reaper = _Reaper(session, run_dir.parent / "docker-reaper.log")
-                self._reapers[session] = reaper
+                _REAPERS[session] = reaper
             reaper.users += 1
 
     def _release(self, session: str) -> None:
         if not self.use_reaper:
             return
-        with self._lock:
-            reaper = self._reapers.get(session)
+        with _REAPERS_LOCK:
+            reaper = _REAPERS.get(session)
             if reaper is None:
                 return
             reaper.users -= 1
             if reaper.users > 0:
                 return
-            del self._reapers[session]
-        reaper.close()
+            del _REAPERS[session]
+            # Closed under the lock: its final sweep of the session must be over before a new
+            # start of the same session can create a container it would remove.
+            reaper.close()
+
+    def _remove_leftovers(self, client: Any, spec: EmulatorSpec) -> None:
+        """After an interrupted create: remove what the engine may have made for this
+        instance, found by our labels (the create call never returned its id)."""
+        mine: dict[str, str | list[str] | bool] = {
+            "label": [f"{L.SESSION}={spec.session}", f"{L.INSTANCE}={spec.instance}"]
+        }
+        with contextlib.suppress(APIError, DockerException):
+            for container in client.containers.list(all=True, filters=mine, ignore_removed=True):
+                with contextlib.suppress(NotFound):
+                    container.remove(force=True)
 
     def start(self, spec: EmulatorSpec) -> DockerEmulatorHandle:
         client = self.client()
@@ -359,10 +378,15 @@ class DockerBackend:
             self._release(spec.session)
             raise image_missing(self.image) from exc
         except (APIError, DockerException) as exc:
+            self._remove_leftovers(client, spec)
             self._release(spec.session)
             raise HarnessError(
                 f"[{spec.instance}] could not create a container from {self.image}: {exc}"
             ) from exc
+        except BaseException:  # Ctrl-C during the create call
+            self._remove_leftovers(client, spec)
+            self._release(spec.session)
+            raise
         handle = DockerEmulatorHandle(spec, container, self, spec.run_dir / "emulator.log")
         try:
             container.start()
