@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import random
 import socket
 import time
 from dataclasses import dataclass
@@ -23,7 +24,7 @@ if TYPE_CHECKING:
 SERVICE = "_openevse._tcp.local."
 SWEEP_PERIOD = 10.0  # after the previous sweep start (§2.3)
 DEFAULT_WINDOW = 1.0  # how long a sweep collects answers; the real query runs up to 5 s
-RESOLVE_TIMEOUT_MS = 1000
+QUERY_TIMEOUT = 5.0  # a sweep never runs longer than the real query timeout (§2.3)
 MAX_RESULTS = 20
 
 
@@ -36,11 +37,91 @@ class Result:
     txt: dict[str, str]
 
 
-def _txt(properties: dict[bytes, bytes | None]) -> dict[str, str]:
+def _txt(raw: bytes) -> dict[str, str]:
+    """TXT rdata: length-prefixed `key=value` strings; surrounding quotes stripped (§2.2)."""
     out: dict[str, str] = {}
-    for key, value in properties.items():
-        text = (value or b"").decode("utf-8", "replace").strip('"')
-        out[key.decode("utf-8", "replace").strip('"')] = text
+    i = 0
+    while i < len(raw):
+        length = raw[i]
+        item = raw[i + 1 : i + 1 + length].decode("utf-8", "replace")
+        i += 1 + length
+        key, _, value = item.partition("=")
+        if key:
+            out[key.strip('"')] = value.strip('"')
+    return out
+
+
+def _query_socket(address: str) -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        sock.setblocking(False)
+        sock.bind((address, 0))
+        # Multicast leaves by this interface only (127.0.0.1 by default: loopback).
+        sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_IF, socket.inet_aton(address))
+        sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_TTL, 1)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+def _send_query(socks: list[socket.socket]) -> int:
+    from zeroconf._dns import DNSQuestion
+    from zeroconf._protocol.outgoing import DNSOutgoing
+    from zeroconf.const import _CLASS_IN, _FLAGS_QR_QUERY, _MDNS_ADDR, _MDNS_PORT, _TYPE_PTR
+
+    # A random id also keeps responders from dropping our packet as a duplicate of another
+    # instance's identical query (python-zeroconf suppresses repeats for a short interval).
+    query_id = random.randint(1, 0xFFFF)
+    out = DNSOutgoing(_FLAGS_QR_QUERY, multicast=False, id_=query_id)
+    out.add_question(DNSQuestion(SERVICE, _TYPE_PTR, _CLASS_IN))
+    for sock in socks:
+        for packet in out.packets():
+            with contextlib.suppress(OSError):
+                sock.sendto(packet, (_MDNS_ADDR, _MDNS_PORT))
+    return query_id
+
+
+def _parse(data: bytes, ids: set[int]) -> list[Any]:
+    from zeroconf._protocol.incoming import DNSIncoming
+
+    msg = DNSIncoming(data)
+    if not msg.valid or not msg.is_response() or msg.id not in ids:
+        return []
+    return list(msg.answers())
+
+
+def _results(records: list[Any]) -> dict[str, Result]:
+    """Join PTR -> SRV/TXT -> A records into one Result per instance."""
+    from zeroconf._dns import DNSAddress, DNSPointer, DNSService, DNSText
+
+    names: list[str] = []
+    srv: dict[str, Any] = {}
+    txt: dict[str, bytes] = {}
+    addrs: dict[str, list[str]] = {}
+    for rec in records:
+        key = rec.name.lower()
+        if isinstance(rec, DNSPointer) and key == SERVICE.lower() and rec.ttl > 0:
+            if rec.alias not in names:
+                names.append(rec.alias)
+        elif isinstance(rec, DNSService):
+            srv[key] = rec
+        elif isinstance(rec, DNSText):
+            txt[key] = rec.text
+        elif isinstance(rec, DNSAddress) and len(rec.address) == 4:
+            addrs.setdefault(key, []).append(socket.inet_ntoa(rec.address))
+    out: dict[str, Result] = {}
+    for name in names:
+        service = srv.get(name.lower())
+        if service is None:
+            continue
+        server = str(service.server)
+        ips = addrs.get(server.lower(), [])
+        ip = next((a for a in ips if a != "0.0.0.0"), "")  # noqa: S104 - prefer a real address
+        instance = name[: -len(SERVICE) - 1] if name.endswith("." + SERVICE) else name
+        out[name] = Result(
+            instance, ip, server.rstrip("."), int(service.port), _txt(txt.get(name.lower(), b""))
+        )
     return out
 
 
@@ -67,7 +148,7 @@ class Discovery:
         self._tasks.append(loop.create_task(self._run()))
 
     def trigger(self) -> None:
-        """`POST /loadsharing/discover`: sweep now, or right after the one in flight (§2.3)."""
+        """`POST /loadsharing/discover`: sweep now, or extend the one in flight (§2.3)."""
         self._trigger.set()
 
     async def stop(self) -> None:
@@ -128,39 +209,14 @@ class Discovery:
             self._info = None
 
     async def _sweep(self) -> None:
-        from zeroconf import IPVersion, ServiceStateChange
-        from zeroconf.asyncio import AsyncServiceBrowser, AsyncServiceInfo
-
         started = time.monotonic()
-        names: set[str] = set()
-
-        def on_change(zeroconf: Any, service_type: str, name: str, state_change: Any) -> None:
-            if state_change is ServiceStateChange.Removed:
-                names.discard(name)
-            else:
-                names.add(name)
-
-        browser = AsyncServiceBrowser(self._azc.zeroconf, [SERVICE], handlers=[on_change])
         try:
-            await asyncio.sleep(self.window)
-        finally:
-            await browser.async_cancel()
-
-        async def resolve(name: str) -> Result | None:
-            info = AsyncServiceInfo(SERVICE, name)
-            if not await info.async_request(self._azc.zeroconf, RESOLVE_TIMEOUT_MS):
-                return None
-            addresses = info.parsed_addresses(IPVersion.V4Only)
-            ip = next((a for a in addresses if a != "0.0.0.0"), "")  # noqa: S104 - prefer a real address
-            instance = name[: -len(SERVICE) - 1] if name.endswith("." + SERVICE) else name
-            server = (info.server or "").rstrip(".")
-            return Result(instance, ip, server, info.port or 0, _txt(info.properties))
-
-        resolved = await asyncio.gather(*(resolve(n) for n in sorted(names)[:MAX_RESULTS]))
+            answers = await self._query(started)
+        except OSError as exc:
+            print(f"mDNS: query failed: {exc!r}", flush=True)
+            answers = {}
         results: list[Result] = []
-        for result in resolved:
-            if result is None:
-                continue
+        for result in answers.values():
             if result.txt.get("id", "") == self.identity.long_id:
                 print(f"DBUG: Skipping self (matched device id): {result.instance}", flush=True)
                 continue
@@ -170,9 +226,53 @@ class Discovery:
             peer_id = result.txt.get("id", "")
             print(f"DBUG: Found peer: {result.instance} {result.ip}:{result.port} id={peer_id}", flush=True)
             results.append(result)
-        self.reconcile(results)
+        self.reconcile(results[:MAX_RESULTS])
         elapsed_ms = int((time.monotonic() - started) * 1000)
         print(f"DBUG: Query complete in {elapsed_ms} ms, found {len(results)} peers", flush=True)
+
+    async def _query(self, started: float) -> dict[str, Result]:
+        """One-shot PTR query for `_openevse._tcp` from an ephemeral port (RFC 6762 §6.7).
+
+        Responders answer such "legacy unicast" queries at once, by unicast to our socket,
+        with SRV/TXT/A as additionals. Unlike a browse from port 5353 this is neither delayed
+        by the one-answer-per-second multicast rule nor lost to SO_REUSEPORT (several
+        instances on one host share 5353, and a unicast reply reaches only one of them).
+        A POST discover during the window re-sends the query and extends the window."""
+        loop = asyncio.get_running_loop()
+        socks = [_query_socket(addr) for addr in self.interfaces]
+        ids: set[int] = set()
+        records: list[Any] = []
+        try:
+            self._trigger.clear()
+            ids.add(_send_query(socks))
+            deadline = started + self.window
+            limit = started + QUERY_TIMEOUT
+            receivers: dict[asyncio.Future[Any], socket.socket] = {
+                asyncio.ensure_future(loop.sock_recv(sock, 9000)): sock for sock in socks
+            }
+            trigger_wait: asyncio.Future[Any] = asyncio.ensure_future(self._trigger.wait())
+            try:
+                while (remaining := min(deadline, limit) - time.monotonic()) > 0:
+                    done, _ = await asyncio.wait(
+                        [*receivers, trigger_wait], timeout=remaining, return_when=asyncio.FIRST_COMPLETED
+                    )
+                    if trigger_wait in done:
+                        self._trigger.clear()
+                        trigger_wait = asyncio.ensure_future(self._trigger.wait())
+                        ids.add(_send_query(socks))
+                        deadline = time.monotonic() + self.window
+                    for fut in [f for f in done if f in receivers]:
+                        sock = receivers.pop(fut)
+                        with contextlib.suppress(OSError):
+                            records.extend(_parse(fut.result(), ids))
+                        receivers[asyncio.ensure_future(loop.sock_recv(sock, 9000))] = sock
+            finally:
+                for fut in [*receivers, trigger_wait]:
+                    fut.cancel()
+        finally:
+            for sock in socks:
+                sock.close()
+        return _results(records)
 
     def reconcile(self, results: list[Result]) -> None:
         """§2.4: update entries matching by id or host, rename hosts, add new ones, mark the rest offline."""

@@ -88,6 +88,7 @@ class Evse:
         self.scale = 220
         self.offset = 0
         self.heartbeat_enabled = False
+        self.have_status = False  # set by the first good $GS
         self._boot_requested = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
@@ -95,6 +96,8 @@ class Evse:
     def handle_event(self, tokens: list[str]) -> None:
         """`$AT`/`$AB`/`$ST` from the controller (§6.1)."""
         kind = tokens[0]
+        if kind in ("$AT", "$ST") and not self.have_status:
+            return  # `state` stays 0 until the first $GS reply (§7.1); that read covers it
         if kind == "$AT" and len(tokens) >= 5:
             state, pilot_state = _int(tokens[1], 16), _int(tokens[2], 16)
             capacity, vflags = _int(tokens[3]), _int(tokens[4], 16)
@@ -166,7 +169,12 @@ class Evse:
         if not self.rapi.is_open:
             return
         while not await self._connect():
-            await asyncio.sleep(GV_RETRY)
+            # Deviation (README): a controller boot event ($AB) retries $GV at once instead of
+            # waiting out the 10 s, so a link that came up just after our first $GV is used at once.
+            self._boot_requested.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._boot_requested.wait(), GV_RETRY)
+        self._boot_requested.clear()
         await self._boot_reads()
         now = time.monotonic()
         next_gs = now
@@ -250,6 +258,7 @@ class Evse:
             if state is None or elapsed is None:
                 return
             self._set_state(state)
+            self.have_status = True
         else:
             if len(reply.tokens) < 4:
                 return
@@ -258,6 +267,7 @@ class Evse:
             if state is None or elapsed is None or vflags is None:
                 return
             self._set_state(state, vflags=vflags, pilot_state=pilot_state)
+        self.have_status = True
         if elapsed != self.elapsed:
             self.elapsed = elapsed
             self.on_change({"elapsed": elapsed})
