@@ -20,7 +20,7 @@ import sys
 import threading
 import urllib.error
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -222,7 +222,7 @@ class DockerEmulatorHandle:
             return tail(self._log_path, lines)
         try:
             raw = self.container.logs(stdout=True, stderr=True, tail=lines)
-        except (APIError, DockerException) as exc:
+        except Exception as exc:  # a log tail is best effort inside an error message
             return f"(container logs unavailable: {exc})"
         return bytes(raw).decode("utf-8", "replace")
 
@@ -231,7 +231,7 @@ class DockerEmulatorHandle:
             self.container.reload()
         except NotFound:
             return False
-        except (APIError, DockerException):
+        except Exception:  # engine trouble: let logs() report it
             return True
         return True
 
@@ -249,26 +249,19 @@ class DockerEmulatorHandle:
                 return
             self._stopped = True
         errors: list[BaseException] = []
-        try:
-            # The engine's stop timeout is whole seconds; the emulator exits within 1 s of SIGTERM.
-            self.container.stop(timeout=max(1, round(timeout)))
-        except NotFound:
-            pass
-        except (APIError, DockerException) as exc:
-            errors.append(exc)
-        # Logs first: removing the container deletes them.
-        try:
-            self.save_logs()
-        except NotFound:
-            pass
-        except (APIError, DockerException, OSError) as exc:
-            errors.append(exc)
-        try:
-            self.container.remove(force=True)
-        except NotFound:
-            pass
-        except (APIError, DockerException) as exc:
-            errors.append(exc)
+
+        def step(what: str, action: Callable[[], object]) -> None:
+            try:
+                action()
+            except NotFound:
+                pass  # already gone: nothing left to do for this step
+            except Exception as exc:  # e.g. the engine went away: go on, report at the end
+                errors.append(HarnessError(f"[{self.spec.instance}] {self.describe()}: {what}: {exc}"))
+
+        # The engine's stop timeout is whole seconds; the emulator exits within 1 s of SIGTERM.
+        step("stop", lambda: self.container.stop(timeout=max(1, round(timeout))))
+        step(f"save logs to {self._log_path}", self.save_logs)  # before remove: it deletes them
+        step("remove", lambda: self.container.remove(force=True))
         self._backend._release(self.spec.session)
         if errors:
             raise TeardownErrors(errors)

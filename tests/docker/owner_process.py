@@ -1,7 +1,7 @@
 """A harness-like owner for the crash test: starts N emulator containers, says so, waits.
 
 Run as a script, or through pytest (crash_target.py), and SIGKILLed by
-test_docker_backend.py::test_sigkill_of_the_owner_leaves_no_container_within_5s."""
+test_docker_backend.py::test_killed_owner_leaves_no_container_within_5s."""
 
 from __future__ import annotations
 

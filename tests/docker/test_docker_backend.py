@@ -145,10 +145,16 @@ def test_four_emulators_start_in_parallel_answer_and_leave_only_their_logs(
     assert backend._reapers == {}, "the reaper of a fully stopped session must be gone"
 
 
-@pytest.mark.parametrize("owner_kind", ["script", "pytest"])
-def test_sigkill_of_the_owner_leaves_no_container_within_5s(
-    emulator_image: str, session: str, tmp_path: Path, owner_kind: str
+@pytest.mark.parametrize(
+    ("owner_kind", "sig"),
+    [("script", signal.SIGKILL), ("pytest", signal.SIGKILL), ("pytest", signal.SIGINT)],
+    ids=["script-SIGKILL", "pytest-SIGKILL", "pytest-SIGINT"],
+)
+def test_killed_owner_leaves_no_container_within_5s(
+    emulator_image: str, session: str, tmp_path: Path, owner_kind: str, sig: signal.Signals
 ) -> None:
+    """However the owner ends (SIGKILL gives it no chance to clean), its reaper removes
+    the session's containers."""
     out, err = tmp_path / "owner.out", tmp_path / "owner.err"
     announce = tmp_path / "owner.json"
     run_dir = tmp_path / "sessions" / session
@@ -185,9 +191,9 @@ def test_sigkill_of_the_owner_leaves_no_container_within_5s(
         assert info["pid"] == owner.pid  # the process we kill is the one that owns the containers
         assert len(info["containers"]) == 4
         assert len(docker_ps(session)) == 4
-        owner.send_signal(signal.SIGKILL)
-        owner.wait(timeout=10)
+        owner.send_signal(sig)
         killed = time.monotonic()
+        owner.wait(timeout=10)
 
         def none_left(_remaining: float) -> float | None:
             left = docker_ps(session)
@@ -196,7 +202,7 @@ def test_sigkill_of_the_owner_leaves_no_container_within_5s(
             return time.monotonic() - killed
 
         gone_after = wait_until(none_left, instance=session, what="reaper removes the session", timeout=5.0)
-        print(f"\nowner ({owner_kind}) SIGKILLed: its 4 containers were gone after {gone_after:.2f}s")
+        print(f"\nowner ({owner_kind}) got {sig.name}: its 4 containers were gone after {gone_after:.2f}s")
         reaper_log = (run_dir / "docker-reaper.log").read_text()
         assert "removed 4 container(s)" in reaper_log, reaper_log
         # The reaper exits once done (it was re-parented, so poll /proc rather than wait()).

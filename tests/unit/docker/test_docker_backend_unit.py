@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import requests
 from docker.errors import DockerException
 from docker_fakes import FakeEngine
 
@@ -16,7 +17,7 @@ from harness.docker import labels as L
 from harness.docker.names import LOCAL_IMAGE, UPSTREAM_IMAGE, UPSTREAM_IMAGE_REPO
 from harness.emulators.base import EmulatorSpec
 from harness.emulators.docker import DockerBackend, container_environment, published_port
-from harness.errors import PrerequisiteMissing, ProcessDied
+from harness.errors import PrerequisiteMissing, ProcessDied, TeardownErrors
 
 
 def spec(tmp_path: Path, index: int = 0, session: str = "sx1") -> EmulatorSpec:
@@ -198,3 +199,26 @@ def test_unreachable_engine_says_how_to_start_one(monkeypatch: pytest.MonkeyPatc
         DockerBackend(LOCAL_IMAGE, refuse).check()
     assert "scripts/start-dockerd" in info.value.fix
     assert "unix:///var/run/docker.sock" in info.value.what
+
+
+def test_stop_goes_on_when_the_engine_is_gone_and_reports_every_step(
+    tmp_path: Path, ready_probes: list[tuple[str, Any]]
+) -> None:
+    engine = FakeEngine(images={LOCAL_IMAGE})
+    handle = make(engine).start(spec(tmp_path))
+    container = engine.containers_[0]
+
+    def gone(*_args: Any, **_kwargs: Any) -> Any:
+        engine.journal.append(("refused", container.short_id))
+        raise requests.exceptions.ConnectionError("engine socket refused")
+
+    container.stop = gone  # type: ignore[method-assign]
+    container.logs = gone  # type: ignore[method-assign]
+    container.remove = gone  # type: ignore[method-assign]
+    engine.journal.clear()
+    with pytest.raises(TeardownErrors) as info:
+        handle.stop()
+    assert len(info.value.errors) == 3
+    assert [what for what, _ in engine.journal] == ["refused"] * 3
+    assert "evse-sx1-0" in str(info.value)
+    assert "remove" in str(info.value)
