@@ -17,9 +17,11 @@ import requests
 
 from harness.http import plain_get
 from harness.procs import ManagedProcess, SpawnHook
-from harness.waiting import NotYet, wait_until
+from harness.waiting import Backoff, NotYet, wait_until
 
 SERVER_STARTED = "Server started"
+# Polling loopback HTTP is cheap; a short cap keeps readiness within ~0.1 s of the fact.
+POLL = Backoff(initial=0.01, factor=1.4, cap=0.1)
 
 Alive = Callable[[], str | None]
 
@@ -124,6 +126,7 @@ class Firmware:
             timeout=timeout,
             alive=alive or proc.alive,
             log_tail=proc.log_tail,
+            backoff=POLL,
         )
 
     def wait_evse_link(self, timeout: float, *, alive: Alive | None = None) -> dict[str, Any]:
@@ -145,6 +148,7 @@ class Firmware:
             timeout=timeout,
             alive=alive or proc.alive,
             log_tail=proc.log_tail,
+            backoff=POLL,
         )
         return result
 

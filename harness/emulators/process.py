@@ -22,9 +22,10 @@ from harness.http import plain_get
 from harness.ports import PortAllocator, PortLease, looks_like_address_in_use
 from harness.procs import ManagedProcess
 from harness.settings import Settings
-from harness.waiting import NotYet, wait_until
+from harness.waiting import Backoff, NotYet, wait_until
 
 READY_EVENT = "ready"
+POLL = Backoff(initial=0.01, factor=1.4, cap=0.1)
 ADDRESS_RETRIES = 3
 
 
@@ -173,6 +174,7 @@ class ProcessBackend:
                     timeout=spec.startup_timeout,
                     alive=proc.alive,
                     log_tail=proc.log_tail,
+                    backoff=POLL,
                 )
                 handle._web_port = int(ready["web_port"])
                 handle._rapi_port = int(ready["rapi_port"])
@@ -185,6 +187,7 @@ class ProcessBackend:
                 timeout=spec.startup_timeout,
                 alive=proc.alive,
                 log_tail=proc.log_tail,
+                backoff=POLL,
             )
         except BaseException:
             handle.stop()

@@ -11,8 +11,8 @@ from pathlib import Path
 from typing import Any
 
 import requests
-from conftest import env_for, poll, process_gone
 
+from conftest import env_for, poll, process_gone
 from harness.runstate import proc_start_time
 
 HARNESS = [sys.executable, "-m", "harness"]
