@@ -1,5 +1,6 @@
 """Docker support of the harness: engine connection with actionable errors (``engine``),
-the labels that mark every object we create (``labels``), the offline emulator image
-(``image``, behind ``harness image build``) and the crash reaper (``reaper``).
+image names (``names``), the labels that mark every object we create (``labels``), the
+offline emulator image (``image``, behind ``harness image build``) and the crash reaper
+(``reaper``, also behind ``harness down``'s sweep of dead owners' containers).
 
 Nothing here ever touches a container without our session label: no name patterns."""

@@ -51,10 +51,11 @@ def container_environment() -> dict[str, str]:
         "SERIAL_MODE": "tcp",
         "SERIAL_TCP_PORT": str(RAPI_PORT),
         "WEB_PORT": str(WEB_PORT),
-        # Listening on every interface is safe here: 0.0.0.0 is inside the container's own
-        # network namespace (its loopback and its veth on Docker's host-local bridge). The
-        # only way in from the host's interfaces is the publication below, bound to
-        # 127.0.0.1. Our emulator defaults to 127.0.0.1, which docker-proxy cannot reach.
+        # 0.0.0.0 here is inside the container's own network namespace: its loopback and its
+        # veth on Docker's host-local bridge, nothing on the host's interfaces. The way in
+        # from the host is the publication below, bound to 127.0.0.1 only. (Our emulator's
+        # own default, 127.0.0.1, would be the container's loopback, which the published
+        # ports cannot reach.)
         "WEB_HOST": "0.0.0.0",  # noqa: S104
         "RAPI_HOST": "0.0.0.0",  # noqa: S104
         "PYTHONUNBUFFERED": "1",
