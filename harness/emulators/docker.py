@@ -102,9 +102,13 @@ def rapi_answers(port: int, timeout: float) -> bool:
         raise NotYet(f"RAPI port {port} sent {len(data)} bytes without $OK/$NK")
 
 
+# Never through an http_proxy from the environment: the target is our own 127.0.0.1 port.
+_DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
 def http_status_ok(url: str, timeout: float) -> bool:
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as resp:  # noqa: S310 - http://127.0.0.1 only
+        with _DIRECT.open(url, timeout=timeout) as resp:
             if resp.status != 200:
                 raise NotYet(f"GET {url} -> {resp.status}")
             return True
