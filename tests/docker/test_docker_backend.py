@@ -323,3 +323,16 @@ def test_image_build_rebuilds_only_when_the_emulator_changes(
         assert second.labels[L.EMULATOR_HASH] != first.labels[L.EMULATOR_HASH]
     finally:
         docker_client.images.remove(tag)
+
+
+def test_start_dockerd_is_a_no_op_when_an_engine_answers(docker_client: Any) -> None:
+    done = subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "start-dockerd")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "already answers" in done.stdout
+    assert docker_client.ping()
