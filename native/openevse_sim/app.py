@@ -89,6 +89,7 @@ async def run(opts: CliOptions, env: dict[str, str], started: float) -> int:
 
     from openevse_sim.evse import Evse
     from openevse_sim.http_api import Api, Hooks
+    from openevse_sim.http_errors import JsonErrorAppRunner
     from openevse_sim.loadsharing import NullLoadSharing
     from openevse_sim.outbound import Outbound
     from openevse_sim.peers import PeerGroup
@@ -125,7 +126,7 @@ async def run(opts: CliOptions, env: dict[str, str], started: float) -> int:
 
     port = config.http_port
     out(f"Starting HTTP server, http://{http_host}:{port}")
-    runner = web.AppRunner(api.make_app(), access_log=None, handle_signals=False, shutdown_timeout=0.2)
+    runner = JsonErrorAppRunner(api.make_app(), access_log=None, handle_signals=False, shutdown_timeout=0.2)
     await runner.setup()
     site = web.TCPSite(runner, http_host, port, reuse_address=True)
     try:
@@ -151,6 +152,7 @@ async def run(opts: CliOptions, env: dict[str, str], started: float) -> int:
     poller.start()
     discovery = Discovery(config, identity, peers, interfaces, env)
     discovery_box.append(discovery)
+    outbound.zeroconf = discovery.zeroconf
     discovery.start()
 
     await stop.wait()

@@ -147,6 +147,10 @@ class Discovery:
         loop = asyncio.get_running_loop()
         self._tasks.append(loop.create_task(self._run()))
 
+    def zeroconf(self) -> Any:
+        """The running AsyncZeroconf, or None (used to resolve `.local` names)."""
+        return self._azc
+
     def trigger(self) -> None:
         """`POST /loadsharing/discover`: sweep now, or extend the one in flight (§2.3)."""
         self._trigger.set()
