@@ -172,7 +172,9 @@ def run(args: argparse.Namespace) -> int:
     results["elapsed_s"] = time.monotonic() - started
     results["machine"]["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
     results["machine"]["loadavg_1min_during"] = summarize(loads)
-    figures = aggregate(samples)
+    figures = aggregate(
+        samples, cpus=results["machine"].get("cpus_usable") or results["machine"].get("cpu_count")
+    )
     cold = results.get("cold_first_rig", {}).get("ready_s")
     if cold is not None:
         figures["cold_first_rig_s"] = summarize([cold])

@@ -368,10 +368,16 @@ def run_suite(
     text = log_path.read_text(errors="replace")
     result["counts"] = parse_pytest_summary(text)
     result["slowest"] = parse_durations(text)
+    result["failed_tests"] = failed_tests(text)
     if result.get("returncode") not in (0, None) and "error" not in result:
-        tail = "\n".join(text.strip().splitlines()[-6:])
-        result["error"] = f"pytest exited {result['returncode']}: {tail}"[:2000]
+        last = text.strip().splitlines()[-1:] or [""]
+        result["error"] = f"pytest exited {result['returncode']}: {last[0]}"[:2000]
     return result
+
+
+def failed_tests(text: str) -> list[str]:
+    """The ``FAILED``/``ERROR`` lines of pytest's short summary (``-ra``)."""
+    return [line.strip() for line in text.splitlines() if line.startswith(("FAILED ", "ERROR "))]
 
 
 # ---- baselines ----------------------------------------------------------------------------

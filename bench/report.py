@@ -48,8 +48,12 @@ def _put(target: dict[str, Any], key: str, summary: Summary | None) -> None:
         target[key] = summary
 
 
-def aggregate(samples: Sequence[RigSample]) -> dict[str, Any]:
-    """Every figure of the rig runs, as summaries keyed by backend and N (as strings)."""
+def aggregate(samples: Sequence[RigSample], *, cpus: int | None = None) -> dict[str, Any]:
+    """Every figure of the rig runs, as summaries keyed by backend and N (as strings).
+
+    ``cpus`` (usable CPUs) adds ``cpu_floor_s``: the CPU the pairs and this process burn to get
+    ready, spread over every CPU, and never less than one pair's CPU (its stages run one after
+    another): the shortest bring-up this machine allows without making the processes cheaper."""
     figures: dict[str, Any] = {
         "ready_s": {},
         "teardown_s": {},
@@ -57,6 +61,7 @@ def aggregate(samples: Sequence[RigSample]) -> dict[str, Any]:
         "rss_mb_per_pair": {},
         "pss_mb_per_pair": {},
         "cpu_s_per_pair": {},
+        "cpu_floor_s": {},
         "rig_overhead_s": {},
         "harness_cpu_s": {},
         "stages_s": {},
@@ -64,61 +69,63 @@ def aggregate(samples: Sequence[RigSample]) -> dict[str, Any]:
         "teardown_parts_s": {},
         "failures": {},
     }
-    backends = sorted({s.backend for s in samples})
-    for backend in backends:
-        for key in ("ready_s", "teardown_s"):
+    for backend in sorted({s.backend for s in samples}, key=lambda b: (b != "process", b)):
+        for key in ("ready_s", "teardown_s", "stages_s", "stage_share", "teardown_parts_s"):
             figures[key][backend] = {}
         for n, group in _by_n(s for s in samples if s.backend == backend).items():
+            key = str(n)
             ok = [s for s in group if s.ready_s is not None]
             _put(
-                figures["ready_s"][backend],
-                str(n),
-                summarize([s.ready_s for s in ok if s.ready_s is not None]),
+                figures["ready_s"][backend], key, summarize([s.ready_s for s in ok if s.ready_s is not None])
             )
             _put(
                 figures["teardown_s"][backend],
-                str(n),
+                key,
                 summarize([s.teardown_s for s in ok if s.teardown_s is not None]),
             )
             failed = len(group) - len(ok) + sum(1 for s in ok if s.error)
             if failed:
                 figures["failures"][f"{backend}/{n}"] = failed
+            if not ok:
+                continue
+            stages: dict[str, Any] = {}
+            for stage in (*STAGES, "pair_ready"):
+                _put(stages, stage, summarize([st[stage] for s in ok for st in s.stages if stage in st]))
+            figures["stages_s"][backend][key] = stages
+            figures["stage_share"][backend][key] = stage_share(stages)
+            parts: dict[str, Any] = {}
+            for part in PARTS:
+                _put(parts, part, summarize([tp[part] for s in ok for tp in s.teardown_parts if part in tp]))
+            figures["teardown_parts_s"][backend][key] = parts
     process = [s for s in samples if s.backend == "process" and s.ready_s is not None]
     all_rss: list[float] = []
     all_pss: list[float] = []
     for n, group in _by_n(process).items():
         key = str(n)
         _put(figures["converge_s"], key, summarize([s.converge_s for s in group if s.converge_s is not None]))
-        rss = [u["total"]["rss_mb"] for s in group for u in s.usage if "total" in u]
-        pss = [u["total"]["pss_mb"] for s in group for u in s.usage if "total" in u]
+        totals = [u["total"] for s in group for u in s.usage if "total" in u]
+        rss = [t["rss_mb"] for t in totals]
+        pss = [t["pss_mb"] for t in totals]
         all_rss += rss
         all_pss += pss
         _put(figures["rss_mb_per_pair"], key, summarize(rss))
         _put(figures["pss_mb_per_pair"], key, summarize(pss))
-        _put(
-            figures["cpu_s_per_pair"],
-            key,
-            summarize([u["total"]["cpu_s"] for s in group for u in s.usage if "total" in u]),
-        )
+        cpu = summarize([t["cpu_s"] for t in totals])
+        _put(figures["cpu_s_per_pair"], key, cpu)
         _put(
             figures["rig_overhead_s"],
             key,
             summarize([s.rig_overhead_s for s in group if s.rig_overhead_s is not None]),
         )
-        _put(
-            figures["harness_cpu_s"],
-            key,
-            summarize([s.harness_cpu_s for s in group if s.harness_cpu_s is not None]),
-        )
-        stages: dict[str, Any] = {}
-        for stage in (*STAGES, "pair_ready"):
-            _put(stages, stage, summarize([st[stage] for s in group for st in s.stages if stage in st]))
-        figures["stages_s"][key] = stages
-        figures["stage_share"][key] = stage_share(stages)
-        parts: dict[str, Any] = {}
-        for part in PARTS:
-            _put(parts, part, summarize([tp[part] for s in group for tp in s.teardown_parts if part in tp]))
-        figures["teardown_parts_s"][key] = parts
+        harness = summarize([s.harness_cpu_s for s in group if s.harness_cpu_s is not None])
+        _put(figures["harness_cpu_s"], key, harness)
+        if cpus and cpu is not None:
+            own = harness["p50"] if harness is not None else 0.0
+            figures["cpu_floor_s"][key] = max(cpu["p50"], (n * cpu["p50"] + own) / cpus)
+    for part in PARTS:
+        for metric in ("rss_mb", "pss_mb", "cpu_s"):
+            values = [u[part][metric] for s in process for u in s.usage if part in u]
+            _put(figures.setdefault(f"{metric}_by_part", {}), part, summarize(values))
     _put(figures["rss_mb_per_pair"], "all", summarize(all_rss))
     _put(figures["pss_mb_per_pair"], "all", summarize(all_pss))
     return figures
@@ -221,23 +228,47 @@ def format_table(results: Mapping[str, Any]) -> str:
             continue
         for n in sorted(node, key=lambda k: (k == "all", int(k) if k.isdigit() else 0)):
             lines.append(_row(label, n, node[n], unit, floor_for((*path, n))))
-    stages = figures.get("stages_s", {})
-    if stages:
+    by_part = figures.get("rss_mb_by_part", {})
+    if by_part:
+        pss = figures.get("pss_mb_by_part", {})
+        cpu = figures.get("cpu_s_by_part", {})
         lines.append("")
-        lines.append("share of a pair's bring-up per stage (p50 seconds in brackets):")
-        for n in sorted(stages, key=int):
-            share = figures.get("stage_share", {}).get(n, {})
+        lines.append("per part, p50 over every pair: RSS / PSS MB, CPU seconds to ready")
+        for part, rss in by_part.items():
+            pss_p50 = stat_of(pss.get(part), "p50") or 0.0
+            cpu_p50 = stat_of(cpu.get(part), "p50") or 0.0
+            lines.append(f"  {part:<9} {rss['p50']:6.1f} / {pss_p50:5.1f} MB, {cpu_p50:.3f} s")
+    floors_cpu = figures.get("cpu_floor_s", {})
+    if floors_cpu:
+        lines.append("")
+        lines.append(
+            "CPU-bound floor: max(CPU per pair, (N x CPU per pair + harness CPU) / usable CPUs)"
+            " vs time to ready p50:"
+        )
+        ready = lookup(figures, ("ready_s", "process")) or {}
+        for n in sorted(floors_cpu, key=int):
+            p50 = stat_of(ready.get(n), "p50")
+            shown = "-" if p50 is None else f"{p50:.3f}"
+            lines.append(f"  N={n:>2}: floor {floors_cpu[n]:.3f} s, measured {shown} s")
+    for backend, by_n in figures.get("stages_s", {}).items():
+        if not by_n:
+            continue
+        lines.append("")
+        lines.append(f"share of a pair's bring-up per stage, {backend} (p50 seconds in brackets):")
+        for n in sorted(by_n, key=int):
+            share = lookup(figures, ("stage_share", backend, n)) or {}
             parts = [
-                f"{s} {share.get(s, 0.0) * 100:4.1f}% ({stages[n][s]['p50']:.3f})"
+                f"{s} {share.get(s, 0.0) * 100:4.1f}% ({by_n[n][s]['p50']:.3f})"
                 for s in STAGES
-                if s in stages[n]
+                if s in by_n[n]
             ]
             lines.append(f"  N={n:>2}: " + " | ".join(parts))
-    parts_s = figures.get("teardown_parts_s", {})
-    if parts_s:
-        lines.append("teardown per part (p50 / max seconds; parts stop in order, pairs in parallel):")
-        for n in sorted(parts_s, key=int):
-            cells = [f"{p} {v['p50']:.3f}/{v['max']:.3f}" for p, v in parts_s[n].items()]
+    for backend, by_n in figures.get("teardown_parts_s", {}).items():
+        if not by_n:
+            continue
+        lines.append(f"teardown per part, {backend} (p50 / max seconds; parts in order, pairs in parallel):")
+        for n in sorted(by_n, key=int):
+            cells = [f"{p} {v['p50']:.3f}/{v['max']:.3f}" for p, v in by_n[n].items()]
             lines.append(f"  N={n:>2}: " + " | ".join(cells))
     suite = results.get("suite")
     if suite:
@@ -249,6 +280,8 @@ def format_table(results: Mapping[str, Any]) -> str:
             wall_text = f"{wall:7.1f}s" if isinstance(wall, float) else "      -"
             err = f"  [{run['error'].splitlines()[0][:100]}]" if run.get("error") else ""
             lines.append(f"  --instances {run['instances']} -n {run['workers']}: {wall_text}  {counts}{err}")
+            for failed in run.get("failed_tests", [])[:4]:
+                lines.append(f"      {failed[:110]}")
     elif results.get("suite_skipped"):
         lines.append("")
         lines.append(f"integration suite: not run ({results['suite_skipped']})")

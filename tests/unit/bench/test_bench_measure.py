@@ -11,6 +11,7 @@ from bench.measure import (
     ProgressClock,
     RigSample,
     _wrap_stop,
+    failed_tests,
     measure_convergence,
     parse_durations,
     parse_pytest_summary,
@@ -163,3 +164,8 @@ def test_rig_sample_is_json_ready() -> None:
     assert data["n"] == 2
     assert data["stages"] == [{"emulator": 0.1}]
     assert data["error"] is None
+
+
+def test_failed_tests_lists_the_short_summary_lines() -> None:
+    text = "x\nFAILED tests/a.py::t1 - boom\nERROR tests/b.py::t2\n  FAILED not at line start\n"
+    assert failed_tests(text) == ["FAILED tests/a.py::t1 - boom", "ERROR tests/b.py::t2"]

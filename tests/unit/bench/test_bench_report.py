@@ -16,7 +16,10 @@ def _sample(
     n: int, ready: float, teardown: float, *, backend: str = "process", rss: float = 60.0
 ) -> RigSample:
     stages = [{"emulator": 0.1, "bridge": 0.05, "firmware": 0.3, "evse_link": 0.05, "pair_ready": 0.5}] * n
-    usage = [{"total": {"rss_mb": rss, "pss_mb": rss / 2, "cpu_s": 0.3, "processes": 3}}] * n
+    total = {"rss_mb": rss, "pss_mb": rss / 2, "cpu_s": 0.3, "processes": 3}
+    usage = [
+        {"firmware": {"rss_mb": rss - 20, "pss_mb": 10.0, "cpu_s": 0.2, "processes": 1}, "total": total}
+    ] * n
     parts = [{"firmware": 0.1, "bridge": 0.0, "emulator": 0.05}] * n
     return RigSample(
         n=n,
@@ -41,7 +44,7 @@ def samples() -> list[RigSample]:
 
 
 def test_aggregate_summarizes_by_backend_and_n(samples: list[RigSample]) -> None:
-    figures = aggregate(samples)
+    figures = aggregate(samples, cpus=2)
     assert figures["ready_s"]["process"]["4"]["p50"] == 1.2
     assert figures["ready_s"]["process"]["4"]["min"] == 1.0
     assert figures["ready_s"]["process"]["4"]["max"] == 2.0
@@ -53,10 +56,14 @@ def test_aggregate_summarizes_by_backend_and_n(samples: list[RigSample]) -> None
     assert figures["rss_mb_per_pair"]["4"]["n"] == 12  # every pair of every rep
     assert figures["rss_mb_per_pair"]["all"]["max"] == 110.0
     assert "2" not in figures["rss_mb_per_pair"]  # docker pairs are not measured
-    assert figures["stage_share"]["4"] == pytest.approx(
+    assert figures["stage_share"]["process"]["4"] == pytest.approx(
         {"emulator": 0.2, "bridge": 0.1, "firmware": 0.6, "evse_link": 0.1}
     )
-    assert figures["teardown_parts_s"]["4"]["firmware"]["p50"] == 0.1
+    assert "2" in figures["stages_s"]["docker"]  # docker stages are split too
+    assert "16" in figures["stages_s"]["process"]
+    assert figures["teardown_parts_s"]["process"]["4"]["firmware"]["p50"] == 0.1
+    # 4 pairs x 0.3 CPU-s + 0.05 s of the harness, over 2 CPUs
+    assert figures["cpu_floor_s"]["4"] == pytest.approx(0.625)
     json.dumps(figures)  # JSON-ready
 
 
@@ -77,13 +84,20 @@ def test_floors_report_met_missed_and_unmeasured(samples: list[RigSample]) -> No
 
 
 def test_table_shows_figures_floors_and_suite(samples: list[RigSample]) -> None:
-    figures = aggregate(samples)
+    figures = aggregate(samples, cpus=2)
     results = {
         "figures": figures,
         "floors": evaluate_floors(figures),
         "suite": [
             {"instances": 2, "workers": 1, "wall_s": 12.5, "counts": {"passed": 9}},
-            {"instances": 3, "workers": 2, "wall_s": 30.0, "counts": {}, "error": "pytest exited 4: usage"},
+            {
+                "instances": 3,
+                "workers": 2,
+                "wall_s": 30.0,
+                "counts": {"failed": 1},
+                "error": "pytest exited 1: 1 failed in 30s",
+                "failed_tests": ["FAILED tests/integration/test_a.py::test_b - AssertionError"],
+            },
         ],
         "machine": {"cpu_count": 2, "cpu_model": "X", "loadavg_start": [1.0], "loadavg_end": [2.0]},
     }
@@ -92,7 +106,10 @@ def test_table_shows_figures_floors_and_suite(samples: list[RigSample]) -> None:
     assert "floor p50 <= 1.5 s: met" in table
     assert "floor max <= 100 MB: MISSED" in table
     assert "--instances 2 -n 1:    12.5s  9 passed" in table
-    assert "[pytest exited 4: usage]" in table
+    assert "[pytest exited 1: 1 failed in 30s]" in table
+    assert "FAILED tests/integration/test_a.py::test_b" in table
+    assert "N= 4: floor 0.625 s, measured 1.200 s" in table
+    assert "firmware    90.0 /  10.0 MB, 0.200 s" in table  # 16 of 28 pairs at 90
     assert "failed repetitions" in table
     assert "N= 4: emulator 20.0%" in table
 
