@@ -1,0 +1,111 @@
+"""The pytest plugin as users meet it: a pytest subprocess over a small test file."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+from conftest import env_for
+
+INNER = """
+import pytest
+
+
+@pytest.mark.instances(1, 2)
+def test_sizes(rig, request):
+    assert len(rig) in (1, 2)
+    assert request.node.callspec.id == f"n{len(rig)}"
+    for pair in rig:
+        assert pair.api.get_json("/status")["state"] != 0
+
+
+def test_upstream_pair(instance_pair, evse_instance):
+    pair = instance_pair(port_offset=5)
+    assert pair["native_url"] != evse_instance["native_url"]
+    assert pair["pty_path"] != evse_instance["pty_path"]
+
+
+def test_group(multi_instance_group):
+    group = multi_instance_group(3)
+    assert len({p.hostname for p in group}) == 3
+
+
+def test_fails_with_logs(instance_pair):
+    instance_pair()
+    assert False, "deliberate failure"
+"""
+
+
+def _pytest(tmp_path: Path, run_root: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    inner = tmp_path / "inner"
+    inner.mkdir(exist_ok=True)
+    (inner / "test_inner_plugin.py").write_text(INNER)
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            str(inner / "test_inner_plugin.py"),
+            "-p",
+            "no:cacheprovider",
+            "--rootdir",
+            str(inner),
+            "-rA",
+            *args,
+        ],
+        env=env_for(run_root, **env),
+        capture_output=True,
+        text=True,
+        timeout=240,
+        check=False,
+        cwd=inner,
+    )
+
+
+def test_fixtures_parametrization_header_and_failure_logs(tmp_path: Path, run_root: Path) -> None:
+    junit = tmp_path / "junit.xml"
+    result = _pytest(tmp_path, run_root, "--instances", "1,2,4", f"--junitxml={junit}")
+    out = result.stdout
+    assert result.returncode == 1, out[-3000:]
+    assert "STAND-IN openevse_sim" in out  # loud header
+    assert "PASSED test_inner_plugin.py::test_sizes[n1]" in out
+    assert "PASSED test_inner_plugin.py::test_sizes[n2]" in out
+    assert "FAILED test_inner_plugin.py::test_fails_with_logs" in out
+    assert "test_sizes[n4]" not in out  # narrowed by @pytest.mark.instances(1, 2)
+    assert "5 passed" not in out
+    assert "4 passed, 1 failed" in out or "1 failed, 4 passed" in out
+    # The failing test's instance logs appear under the failure ...
+    assert "firmware log (call)" in out
+    assert "Server started" in out
+    assert "emulator log (call)" in out
+    # ... and their paths in the JUnit properties; run facts as testsuite properties.
+    tree = ET.parse(junit)  # noqa: S314 - written by the pytest run above
+    failed = next(tc for tc in tree.iter("testcase") if tc.get("name") == "test_fails_with_logs")
+    props = {p.get("name"): p.get("value") for p in failed.iter("property")}
+    fw_logs = [v for k, v in props.items() if k and k.endswith(".firmware")]
+    assert len(fw_logs) == 1
+    assert Path(str(fw_logs[0])).is_file()
+    suite_props = {p.get("name"): p.get("value") for p in tree.find(".//testsuite/properties") or []}
+    assert suite_props["harness.emulator_backend"] == "process"
+    assert suite_props["harness.instances"] == "1,2,4"
+    assert "STAND-IN" in str(suite_props["harness.firmware"])
+    assert list((run_root / "sessions").iterdir()) == []  # every fixture cleaned up
+
+
+def test_missing_firmware_skips_loudly_outside_ci(tmp_path: Path, run_root: Path) -> None:
+    result = _pytest(tmp_path, run_root, "-k", "upstream", NATIVE_BINARY_PATH="/nonexistent/program")
+    assert result.returncode == 0, result.stdout[-3000:]
+    assert "1 skipped" in result.stdout
+    assert "PREREQUISITE MISSING" in result.stdout
+    assert "/nonexistent/program" in result.stdout
+
+
+def test_missing_firmware_fails_under_ci(tmp_path: Path, run_root: Path) -> None:
+    result = _pytest(
+        tmp_path, run_root, "-k", "upstream", NATIVE_BINARY_PATH="/nonexistent/program", CI="true"
+    )
+    assert result.returncode == 1, result.stdout[-3000:]
+    assert "skipped" not in result.stdout.splitlines()[-1]
+    assert "CI=true: failing instead of skipping" in result.stdout
