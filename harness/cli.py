@@ -109,9 +109,12 @@ def cmd_up(args: argparse.Namespace) -> int:
             print(json.dumps(summary), flush=True)
         else:
             print(_table(summary), flush=True)
-        if stopper.signum is None:
-            while not stopper.event.wait(0.5):
-                pass
+        reported: set[str] = set()
+        while stopper.signum is None and not stopper.event.wait(0.5):
+            for problem in rig.problems():
+                if problem not in reported:
+                    reported.add(problem)
+                    _err(f"warning: {problem} (see `harness logs`)")
         _err("stopping… (Ctrl-C again to force)")
         t0 = time.monotonic()
         try:

@@ -99,14 +99,27 @@ def _mdns() -> list[Finding]:
     avahi = shutil.which("avahi-daemon")
     ip = shutil.which("ip")
     root = os.geteuid() == 0
-    return [
-        Finding(
+    if avahi:
+        running = subprocess.run(
+            [avahi, "--check"], stdin=subprocess.DEVNULL, capture_output=True, timeout=10, check=False
+        )
+        daemon = Finding(
             "avahi-daemon",
-            bool(avahi),
-            avahi or "not installed (a real firmware build advertises through Avahi)",
+            running.returncode == 0,
+            f"{avahi}: {'running' if running.returncode == 0 else 'installed but not running'}",
+            "start dbus and avahi-daemon (a real build's mDNS fails silently without them, upstream W12)",
+            required=False,
+        )
+    else:
+        daemon = Finding(
+            "avahi-daemon",
+            False,
+            "not installed (a real firmware build advertises through Avahi)",
             "apt-get install avahi-daemon dbus",
             required=False,
-        ),
+        )
+    return [
+        daemon,
         Finding(
             "network namespaces",
             bool(ip) and root,

@@ -108,11 +108,17 @@ class Rig:
         errors: dict[int, BaseException] = {}
         with ThreadPoolExecutor(max_workers=self.n, thread_name_prefix=f"rig-{self.session}") as pool:
             futures = {pool.submit(pair.start): pair.index for pair in self.pairs}
-            for fut, index in futures.items():
-                exc = fut.exception()
-                if exc is not None:
-                    errors[index] = exc
-                    self._abort.set()  # the others stop waiting at their next poll
+            try:
+                for fut, index in futures.items():
+                    exc = fut.exception()
+                    if exc is not None:
+                        errors[index] = exc
+                        self._abort.set()  # the others stop waiting at their next poll
+            except BaseException:
+                # Interrupted here (pytest-timeout, Ctrl-C): pairs still starting give up at
+                # once; the caller's close() then stops whatever did start.
+                self._abort.set()
+                raise
         if errors:
             teardown: TeardownErrors | None = None
             try:
@@ -205,6 +211,19 @@ class Rig:
         """Start a stopped firmware again; returns once it is fully ready."""
         self.pairs[index].start_firmware()
         return self.pairs[index]
+
+    def problems(self) -> list[str]:
+        """Parts that died after the rig was ready (for `harness up` to report)."""
+        found = []
+        for pair in self.pairs:
+            for label, part in (
+                ("firmware", pair.firmware),
+                ("bridge", pair.bridge),
+                ("emulator", pair.emulator),
+            ):
+                if part is not None and (death := part.alive()) is not None:
+                    found.append(f"{pair.name} {label}: {death}")
+        return found
 
     def describe(self) -> list[dict[str, Any]]:
         return [p.describe() for p in self.pairs]
