@@ -190,23 +190,28 @@ def measure_convergence(
 
 
 def _start_interruptibly(rig: Any) -> None:
-    """``rig.start()`` in a thread, so Ctrl-C can ``abort()`` pairs still waiting."""
+    """``rig.start()`` in a thread, so Ctrl-C can ``abort()`` pairs still waiting.
+
+    Waits on an Event, not ``Thread.join``: on 3.11 a join interrupted by Ctrl-C marks the
+    still-running thread as stopped, and the next join returns at once."""
     box: list[BaseException] = []
+    done = threading.Event()
 
     def run() -> None:
         try:
             rig.start()
         except BaseException as exc:  # handed back to the caller
             box.append(exc)
+        finally:
+            done.set()
 
-    thread = threading.Thread(target=run, name="bench-rig-start", daemon=True)
-    thread.start()
+    threading.Thread(target=run, name="bench-rig-start", daemon=True).start()
     try:
-        while thread.is_alive():
-            thread.join(0.2)
+        while not done.wait(0.2):
+            pass
     except KeyboardInterrupt:
         rig.abort()
-        thread.join()
+        done.wait()
         raise
     if box:
         raise box[0]

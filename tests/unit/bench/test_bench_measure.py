@@ -10,6 +10,7 @@ import pytest
 from bench.measure import (
     ProgressClock,
     RigSample,
+    _start_interruptibly,
     _wrap_stop,
     failed_tests,
     measure_convergence,
@@ -169,3 +170,28 @@ def test_rig_sample_is_json_ready() -> None:
 def test_failed_tests_lists_the_short_summary_lines() -> None:
     text = "x\nFAILED tests/a.py::t1 - boom\nERROR tests/b.py::t2\n  FAILED not at line start\n"
     assert failed_tests(text) == ["FAILED tests/a.py::t1 - boom", "ERROR tests/b.py::t2"]
+
+
+class FakeRig:
+    def __init__(self, error: Exception | None = None) -> None:
+        self.error = error
+        self.started = False
+        self.aborted = False
+
+    def start(self) -> FakeRig:
+        self.started = True
+        if self.error is not None:
+            raise self.error
+        return self
+
+    def abort(self) -> None:
+        self.aborted = True
+
+
+def test_start_interruptibly_runs_start_and_hands_back_its_error() -> None:
+    rig = FakeRig()
+    _start_interruptibly(rig)
+    assert rig.started
+    assert not rig.aborted
+    with pytest.raises(RuntimeError, match="boom"):
+        _start_interruptibly(FakeRig(RuntimeError("boom")))
