@@ -155,7 +155,13 @@ async def run(opts: CliOptions, env: dict[str, str], started: float) -> int:
     outbound.zeroconf = discovery.zeroconf
     discovery.start()
 
+    from openevse_sim.console import Console
+
+    console = Console(config, api.after_config_change)
+    console.start()
+
     await stop.wait()
+    console.stop()
     await shutdown(runner, api, evse, rapi, poller, discovery, outbound)
     return 0
 

@@ -136,6 +136,7 @@ def coerce(key: str, value: Any) -> ConfigValue | None:
 class PostResult:
     changed: bool
     config_version: int
+    changed_keys: list[str]
     left_member: str | None  # controller host to un-join when the unit left the member role (§4.3)
 
 
@@ -258,7 +259,7 @@ class Config:
         left_member: str | None = None
         if role_in_body == "" and self.str_("loadsharing_role") == "member":
             left_member = self.str_("loadsharing_controller_host")
-        changed = False
+        changed: list[str] = []
         for key, value in body.items():
             if key not in DEFAULTS:
                 continue
@@ -267,16 +268,18 @@ class Config:
                 continue
             if typed != self.values[key] or type(typed) is not type(self.values[key]):
                 self.values[key] = typed
-                changed = True
+                changed.append(key)
         if left_member is not None:
             for key in ("loadsharing_role", "loadsharing_controller_host"):
                 if self.values[key] != "":
                     self.values[key] = ""
-                    changed = True
+                    changed.append(key)
         if changed:
             self.version += 1
             self.commit()
-        return PostResult(changed=changed, config_version=self.version, left_member=left_member)
+        return PostResult(
+            changed=bool(changed), config_version=self.version, left_member=left_member, changed_keys=changed
+        )
 
     def _validate(self, body: dict[str, Any]) -> None:
         def num(key: str) -> float | None:

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import WSMsgType, web
 
-from openevse_sim.config import MEMBER_READ_ONLY_MSG, ConfigError
+from openevse_sim.config import MEMBER_READ_ONLY_MSG, ConfigError, PostResult
 
 if TYPE_CHECKING:
     from openevse_sim.config import Config
@@ -249,21 +249,23 @@ class Api:
             body = parse_json(raw)
         except ValueError:
             return msg(400, "Could not parse JSON")
-        before = dict(self.config.values)
         try:
             result = self.config.post(body)
         except ConfigError as exc:
             return msg(exc.status, exc.msg)
+        self.after_config_change(result)
+        text = "done" if result.changed else "no change"
+        return reply(200, {"config_version": result.config_version, "msg": text})
+
+    def after_config_change(self, result: PostResult) -> None:
+        """Side effects of an accepted config write (HTTP or serial console)."""
         if result.left_member:  # leaving the member role un-joins the controller entry (§4.3)
             peer = self.peers.find(result.left_member)
             if peer is not None and peer.joined:
                 self.peers.unjoin(peer)
         if result.changed:
-            changed = {k for k, v in self.config.values.items() if before.get(k) != v}
             self.hub.publish({"config_version": self.config.version})
-            self.loadsharing.on_config_changed(changed)
-        text = "done" if result.changed else "no change"
-        return reply(200, {"config_version": result.config_version, "msg": text})
+            self.loadsharing.on_config_changed(set(result.changed_keys))
 
     def _config_document(self) -> dict[str, Any]:
         from openevse_sim import BUILD_ENV, VERSION

@@ -138,7 +138,7 @@ class Sim:
             time.sleep(0.01)
         self.started_after = time.monotonic() - begin
         poll(
-            lambda: requests.get(self.base + "/config", timeout=2).status_code == 200,
+            lambda: requests.get(self.base + "/config", timeout=2).status_code in (200, 401),
             START_TIMEOUT,
             "GET /config",
         )

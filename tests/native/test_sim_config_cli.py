@@ -345,3 +345,82 @@ def test_sigterm_stops_promptly(sim: Sim) -> None:
     sim.proc.send_signal(signal.SIGTERM)
     sim.proc.wait(5)
     assert time.monotonic() - begin < 1.0
+
+
+# --- §5.4 STA mode, auth (§1.1), serial console (§4.2) -----------------------------------------
+
+
+def test_sta_mode_banner_404_and_basic_auth(sim_factory: Callable[..., Sim]) -> None:
+    import requests
+
+    sim = sim_factory(
+        "a",
+        extra=[
+            "--set-config",
+            "ssid=EPX_OK",
+            "--set-config",
+            "www_username=admin",
+            "--set-config",
+            "www_password=pw",
+        ],
+    )
+    assert "Connected, IP: 127.0.0.1" in sim.stdout.read_text().splitlines()
+    denied = requests.get(sim.base + "/loadsharing/peers", timeout=5)
+    assert denied.status_code == 401
+    assert denied.headers["WWW-Authenticate"] == f'Basic realm="{sim.hostname}"'
+    wrong = requests.get(sim.base + "/status", auth=("admin", "nope"), timeout=5)
+    assert wrong.status_code == 401
+    rows = requests.get(sim.base + "/loadsharing/peers", auth=("admin", "pw"), timeout=5).json()
+    assert rows[0]["ip"] == "127.0.0.1"
+    unknown = requests.get(sim.base + "/no/such/page", auth=("admin", "pw"), timeout=5, allow_redirects=False)
+    assert unknown.status_code == 404
+    assert unknown.json() == {"msg": "Not found"}
+    assert requests.get(sim.base + "/config", auth=("admin", "pw"), timeout=5).json()["www_password"] == (
+        "_DUMMY_PASSWORD"
+    )
+
+
+def test_serial_console_config_lines(tmp_path: Path) -> None:
+    from tests.native.conftest import free_port, poll, stop_process
+
+    port = free_port()
+    out = tmp_path / "out.log"
+    with out.open("wb") as stdout, (tmp_path / "err.log").open("wb") as stderr:
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                str(LAUNCHER),
+                "--rapi",
+                str(tmp_path / "none"),
+                "--set-config",
+                f"www_http_port={port}",
+            ],
+            cwd=tmp_path,
+            stdout=stdout,
+            stderr=stderr,
+            stdin=subprocess.PIPE,
+        )
+    try:
+        assert proc.stdin is not None
+        poll(lambda: "Server started" in out.read_text(), 15, "Server started")
+        proc.stdin.write(b'config: {"loadsharing_priority": 4}\n')
+        proc.stdin.write(b'config: {"loadsharing_priority": 4}\n')
+        proc.stdin.write(b"config: {nope\n")
+        proc.stdin.write(b'factory: {"loadsharing_heartbeat_timeout": 1}\n')
+        proc.stdin.flush()
+        expected = [
+            '{"code":200,"msg":"done"}',
+            '{"code":200,"msg":"no change"}',
+            '{"code":400,"msg":"Could not parse JSON"}',
+            '{"code":400,"msg":"loadsharing_heartbeat_timeout must be between 5 and 600 seconds"}',
+        ]
+        poll(
+            lambda: [ln for ln in out.read_text().splitlines() if ln.startswith('{"code"')] == expected,
+            10,
+            "replies",
+        )
+        import requests
+
+        assert requests.get(f"http://127.0.0.1:{port}/config", timeout=5).json()["loadsharing_priority"] == 4
+    finally:
+        stop_process(proc)
