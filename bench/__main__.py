@@ -79,7 +79,9 @@ def _describe(sample: RigSample) -> str:
     if totals:
         bits.append(f"rss {max(totals):.0f} MB/pair max")
     if sample.error:
-        bits.append("ERROR " + sample.error.splitlines()[0][:160])
+        bits.append("ERROR " + sample.error.splitlines()[0][:300])
+    if sample.logs:
+        bits.append(f"logs kept in {sample.logs}")
     return ", ".join(bits)
 
 
@@ -117,13 +119,13 @@ def run(args: argparse.Namespace) -> int:
     print(f"bench: {results['settings']['firmware']}, bridge {results['settings']['bridge']}, {reps} reps")
     try:
         results["baselines"] = baselines(settings)
-        first = safe_measure_rig(settings, 1)
+        first = safe_measure_rig(settings, 1, logs_dir=out / "rigs")
         results["cold_first_rig"] = first.to_json()
         print(f"  first rig of this process (N=1): {_describe(first)}")
         for rep in range(reps):  # rep-major, so a load spike hits every N alike
             for n in ns:
                 loads.append(os.getloadavg()[0])
-                sample = safe_measure_rig(settings, n, converge=n in mdns_ns)
+                sample = safe_measure_rig(settings, n, converge=n in mdns_ns, logs_dir=out / "rigs")
                 samples.append(sample)
                 print(f"  process N={n:>2} rep {rep + 1}/{reps}: {_describe(sample)}", flush=True)
 
@@ -146,7 +148,7 @@ def run(args: argparse.Namespace) -> int:
             for rep in range(reps):
                 for n in docker_ns:
                     loads.append(os.getloadavg()[0])
-                    sample = safe_measure_rig(dsettings, n, memory=False)
+                    sample = safe_measure_rig(dsettings, n, memory=False, logs_dir=out / "rigs")
                     samples.append(sample)
                     print(f"  docker  N={n:>2} rep {rep + 1}/{reps}: {_describe(sample)}", flush=True)
 

@@ -10,8 +10,10 @@ wrapped on the instance before ``Rig.close()`` runs, so the rig's own teardown i
 from __future__ import annotations
 
 import re
+import shutil
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import traceback
@@ -45,6 +47,7 @@ class RigSample:
     teardown_parts: list[dict[str, float]] = field(default_factory=list)  # one per pair
     usage: list[dict[str, dict[str, float]]] = field(default_factory=list)  # per pair, per part
     error: str | None = None
+    logs: str | None = None  # the pairs' logs, kept when this repetition went wrong
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -237,13 +240,57 @@ def measure_rig(
     poll: float = 0.05,
     converge_timeout: float = 30.0,
     memory: bool = True,
+    logs_dir: Path | None = None,
 ) -> RigSample:
-    """Start a rig of ``n`` pairs, take its footprint, optionally converge, tear it down."""
+    """Start a rig of ``n`` pairs, take its footprint, optionally converge, tear it down.
+
+    With ``logs_dir`` the pairs' logs and firmware state go to a fresh directory under it,
+    kept (and named in ``sample.logs``) only when the repetition went wrong."""
     from harness.rig import Rig
 
     sample = RigSample(n=n, backend=str(settings.emulator_backend))
     clock = ProgressClock()
-    rig = Rig(settings, n, progress=clock, kind="bench")
+    workdir: Path | None = None
+    if logs_dir is not None:
+        logs_dir.mkdir(parents=True, exist_ok=True)
+        workdir = Path(tempfile.mkdtemp(prefix=f"{sample.backend}-n{n}-", dir=logs_dir))
+    rig = Rig(settings, n, progress=clock, kind="bench", workdir=workdir)
+    try:
+        _measure(
+            rig, sample, clock, converge=converge, poll=poll, converge_timeout=converge_timeout, memory=memory
+        )
+    finally:
+        if workdir is not None:
+            if sample.error is None:
+                shutil.rmtree(workdir, ignore_errors=True)
+            else:
+                sample.logs = str(workdir)
+    return sample
+
+
+def _deaths(rig: Any) -> list[str]:
+    """Parts of the rig's pairs that are no longer running, with how they ended."""
+    out: list[str] = []
+    for pair in rig:
+        for label in PARTS:
+            part = getattr(pair, label, None)
+            death = part.alive() if part is not None else None
+            if death is not None:
+                out.append(f"{pair.name} {label}: {death}")
+    return out
+
+
+def _measure(
+    rig: Any,
+    sample: RigSample,
+    clock: ProgressClock,
+    *,
+    converge: bool,
+    poll: float,
+    converge_timeout: float,
+    memory: bool,
+) -> None:
+    n = sample.n
     with _closing(rig):
         cpu0 = self_cpu_s()
         t0 = time.monotonic()
@@ -253,7 +300,7 @@ def measure_rig(
             raise
         except Exception as exc:
             sample.error = f"start: {type(exc).__name__}: {exc}"[:4000]
-            return sample
+            return
         sample.ready_s = time.monotonic() - t0
         sample.harness_cpu_s = self_cpu_s() - cpu0
         slowest = 0.0
@@ -273,6 +320,9 @@ def measure_rig(
                 )
             except (TimeoutError, RuntimeError, OSError) as exc:
                 sample.error = f"convergence: {exc}"[:4000]
+        if deaths := _deaths(rig):  # something ended a part while the rig was up
+            died = "exited while the rig was up: " + "; ".join(deaths)
+            sample.error = f"{sample.error}; {died}" if sample.error else died
         sinks: list[dict[str, float]] = []
         for pair in rig:
             sink: dict[str, float] = {}
@@ -288,7 +338,6 @@ def measure_rig(
             sample.error = f"teardown: {type(exc).__name__}: {exc}"[:4000]
         sample.teardown_s = time.monotonic() - t1
         sample.teardown_parts = sinks
-    return sample
 
 
 def safe_measure_rig(settings: Any, n: int, **kwargs: Any) -> RigSample:

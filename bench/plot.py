@@ -64,7 +64,8 @@ def plot(figures: Mapping[str, Any], path: Path, title: str) -> Path | None:
     ax.set_ylim(bottom=0)
     ax.set_title(title, fontsize=9)
     ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=8, loc="upper left")
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=8, loc="upper left")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)

@@ -10,6 +10,7 @@ import pytest
 from bench.measure import (
     ProgressClock,
     RigSample,
+    _deaths,
     _start_interruptibly,
     _wrap_stop,
     failed_tests,
@@ -195,3 +196,25 @@ def test_start_interruptibly_runs_start_and_hands_back_its_error() -> None:
     assert not rig.aborted
     with pytest.raises(RuntimeError, match="boom"):
         _start_interruptibly(FakeRig(RuntimeError("boom")))
+
+
+def test_deaths_name_the_parts_that_ended() -> None:
+    class Part:
+        def __init__(self, death: str | None) -> None:
+            self.death = death
+
+        def alive(self) -> str | None:
+            return self.death
+
+    @dataclass
+    class Pair:
+        name: str
+        firmware: Part | None
+        bridge: Part | None
+        emulator: Part | None
+
+    rig = [
+        Pair("evse-x-0", Part(None), Part(None), Part(None)),
+        Pair("evse-x-1", Part("killed by SIGKILL"), None, Part(None)),
+    ]
+    assert _deaths(rig) == ["evse-x-1 firmware: killed by SIGKILL"]
