@@ -69,6 +69,12 @@ def stop_process(proc: subprocess.Popen[bytes], timeout: float = 5.0) -> None:
             proc.wait(timeout)
 
 
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of a process, from /proc (clock ticks -> seconds)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def long_id_of(chip: int) -> str:
     octets = [(chip >> (8 * i)) & 0xFF for i in range(6)]
     return f"{octets[0]:x}" + "".join(f"{b:02x}" for b in octets[1:])
@@ -87,6 +93,7 @@ class Sim:
     env_extra: dict[str, str] = field(default_factory=dict)
     proc: subprocess.Popen[bytes] | None = None
     started_after: float = 0.0
+    cpu_at_start: float = 0.0  # user+system CPU seconds used until `Server started` was seen
     runs: int = 0
 
     @property
@@ -137,6 +144,7 @@ class Sim:
                 raise AssertionError(f"no 'Server started' within {START_TIMEOUT} s: {self.log_tail()}")
             time.sleep(0.01)
         self.started_after = time.monotonic() - begin
+        self.cpu_at_start = cpu_seconds(self.proc.pid)
         poll(
             lambda: requests.get(self.base + "/config", timeout=2).status_code in (200, 401),
             START_TIMEOUT,
