@@ -310,6 +310,28 @@ class Evse:
         if reply is not None and reply.valid and not reply.ok:
             await self.rapi.command("$SY 165")
 
+    async def apply_target(
+        self, state: str | None, pilot: int | None, pause_uses_disabled: bool = False
+    ) -> bool:
+        """Seam for the claims module (§6.2 "claim evaluation"): `$FE` for "active", `$FS` (or `$FD`
+        with `pause_uses_disabled`) for "disabled", then `$SC <A> V` (volatile pilot).
+        True when every command was acknowledged; `$NK <clamped A>` still updates the pilot."""
+        ok = True
+        if state is not None:
+            command = "$FE" if state == "active" else ("$FD" if pause_uses_disabled else "$FS")
+            reply = await self.rapi.command(command)
+            ok = reply is not None and reply.ok
+        if pilot is not None:
+            reply = await self.rapi.command(f"$SC {int(pilot)} V")
+            if reply is None or not reply.valid or len(reply.tokens) < 1:
+                return False
+            amps = _int(reply.tokens[0])
+            if amps is not None and amps != self.pilot:
+                self.pilot = amps
+                self.on_change({"pilot": amps})
+            ok = ok and reply.ok
+        return ok
+
     def set_voltage(self, volts: float) -> None:
         """`POST /status {"voltage": V}` (§7.1)."""
         if volts != self.voltage:

@@ -6,6 +6,7 @@ import json
 from collections.abc import Callable
 from typing import Any
 
+import requests
 import websocket
 
 from tests.native.conftest import EvseRig, Sim, poll
@@ -73,3 +74,48 @@ def test_without_pty_the_firmware_keeps_running(sim_factory: Callable[..., Sim])
     assert doc["rapi_connected"] == 0
     assert "Failed to open PTY port:" in sim.stderr.read_text()
     assert sim.get("/loadsharing/peers").status_code == 200
+
+
+def test_claim_seam_sends_fs_fe_and_volatile_pilot(evse_factory: Callable[[str], EvseRig]) -> None:
+    """`Evse.apply_target` (the hook the claims module will call) over a real PTY (§6.2)."""
+    import asyncio
+
+    from openevse_sim.evse import Evse
+    from openevse_sim.rapi import RapiClient
+
+    rig = evse_factory("a")
+
+    async def scenario() -> tuple[int, int, int, bool]:
+        box: list[Evse] = []
+        rapi = RapiClient(str(rig.pty), lambda tokens: box[0].handle_event(tokens))
+        evse = Evse(rapi, lambda changes: None, (5, 6))
+        box.append(evse)
+        assert rapi.open() is None
+        evse.start()
+        try:
+            deadline = asyncio.get_running_loop().time() + 10
+            while not evse.have_status:
+                assert asyncio.get_running_loop().time() < deadline, "no $GS reply"
+                await asyncio.sleep(0.05)
+            assert await evse.apply_target("disabled", None)
+            while evse.state != 254:
+                assert asyncio.get_running_loop().time() < deadline + 10, "no sleep state"
+                await asyncio.sleep(0.05)
+            slept = evse.state
+            assert await evse.apply_target("active", 10)
+            while evse.state == 254:
+                assert asyncio.get_running_loop().time() < deadline + 20, "still asleep"
+                await asyncio.sleep(0.05)
+            clamped = await evse.apply_target(None, 200)  # above hardware max: $NK <clamped>
+            return slept, evse.state, evse.pilot, clamped
+        finally:
+            await evse.stop()
+            rapi.close()
+
+    slept, awake, pilot, clamped_ok = asyncio.run(scenario())
+    assert slept == 254
+    assert awake == 1
+    assert pilot == 80  # the emulator's hardware max, reported by $NK
+    assert clamped_ok is False
+    status = requests.get(f"http://127.0.0.1:{rig.web_port}/api/evse/status", timeout=5).json()
+    assert status
