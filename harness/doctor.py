@@ -132,7 +132,7 @@ def _mdns() -> list[Finding]:
 
 def _ports(settings: Settings) -> Finding:
     try:
-        alloc = PortAllocator(settings.run_root / "ports", base=settings.port_base, block=settings.port_block)
+        alloc = PortAllocator(settings.port_lock_dir, base=settings.port_base, block=settings.port_block)
         leases = [alloc.acquire() for _ in range(8)]
     except (HarnessError, OSError) as exc:
         return Finding("free ports", False, str(exc), "free ports in 20000-32767 or set HARNESS_RUN_DIR")

@@ -15,6 +15,7 @@ from typing import Any
 
 import requests
 
+from harness.errors import HarnessError
 from harness.http import plain_get
 from harness.procs import ManagedProcess, SpawnHook
 from harness.waiting import Backoff, NotYet, wait_until
@@ -24,6 +25,10 @@ SERVER_STARTED = "Server started"
 POLL = Backoff(initial=0.01, factor=1.4, cap=0.1)
 
 Alive = Callable[[], str | None]
+
+
+class PortConflict(HarnessError):
+    """Our HTTP port answers, but not with our firmware: retry on another port."""
 
 
 class Firmware:
@@ -113,10 +118,16 @@ class Firmware:
         proc = self._proc()
 
         def check(remaining: float) -> bool:
-            if SERVER_STARTED in proc.log_since_start():
-                _get(self.url, "/config", remaining)  # the banner precedes the listener by ms
-                return True
-            _get(self.url, "/config", remaining)
+            # The banner alone is not enough (the listener follows it by ms), and a 200 alone
+            # is not either: another run's firmware may hold the port while ours failed to bind.
+            # `/config.hostname` is unique per run, so it proves the answer is ours.
+            config = _get(self.url, "/config", remaining).json()
+            answered = config.get("hostname") if isinstance(config, dict) else None
+            if answered != self.hostname:
+                raise PortConflict(
+                    f"[{self.instance}] port {self.http_port} is answered by another process "
+                    f"(hostname {answered!r}, expected {self.hostname!r})"
+                )
             return True
 
         wait_until(

@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 from harness.bridge import PythonBridge, SerialBridge, SocatBridge
 from harness.emulators.base import EmulatorBackend, EmulatorHandle, EmulatorSpec
 from harness.errors import HarnessError, ProcessDied, TeardownErrors
-from harness.firmware import Firmware
+from harness.firmware import Firmware, PortConflict
 from harness.http import Api
 from harness.identity import Identity
 from harness.ports import PortAllocator, PortLease, looks_like_address_in_use
@@ -113,9 +113,9 @@ class Pair:
             self._progress(f"{self.name}: {text}")
 
     def _alive(self) -> str | None:
-        """Fail-fast probe for the firmware stages: any part of the pair gone, or an abort."""
-        if self._abort.is_set():
-            return "aborted: the rig is stopping"
+        """Fail-fast probe for the firmware stages: any part of the pair gone, or an abort
+        (raised as ``Aborted``, so the rig can tell a real failure from a consequential stop)."""
+        self._check_abort()
         for label, part in (
             ("firmware", self.firmware),
             ("bridge", self.bridge),
@@ -215,8 +215,9 @@ class Pair:
             try:
                 fw.wait_http(self.settings.firmware_http_timeout, alive=self._alive)
                 break
-            except ProcessDied as exc:
-                if attempt == FIRMWARE_PORT_RETRIES or not looks_like_address_in_use(exc.log_tail or ""):
+            except (ProcessDied, PortConflict) as exc:
+                taken = isinstance(exc, PortConflict) or looks_like_address_in_use(exc.log_tail or "")
+                if attempt == FIRMWARE_PORT_RETRIES or not taken:
                     raise
                 self._say(f"port {fw.http_port} was taken; retrying")
                 fw.stop()

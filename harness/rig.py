@@ -19,7 +19,7 @@ from typing import Any
 from harness.emulators.base import EmulatorBackend
 from harness.errors import HarnessError, TeardownErrors
 from harness.identity import Identity, new_session_id
-from harness.pair import Pair, Progress
+from harness.pair import Aborted, Pair, Progress
 from harness.ports import PortAllocator
 from harness.runstate import SessionState
 from harness.settings import Settings
@@ -28,8 +28,18 @@ from harness.settings import Settings
 class RigStartError(HarnessError):
     """At least one pair failed to start; ``errors`` has every failure (index → error)."""
 
-    def __init__(self, errors: dict[int, BaseException], teardown: TeardownErrors | None = None) -> None:
-        parts = [f"{len(errors)} of the rig's pairs failed to start:"]
+    def __init__(
+        self,
+        errors: dict[int, BaseException],
+        teardown: TeardownErrors | None = None,
+        aborted: list[int] | None = None,
+    ) -> None:
+        self.aborted = sorted(aborted or [])
+        note = f" (pairs {self.aborted} were stopped because of it)" if self.aborted else ""
+        if errors:
+            parts = [f"{len(errors)} of the rig's pairs failed to start{note}:"]
+        else:
+            parts = [f"rig start aborted: asked to stop while pairs {self.aborted} were starting"]
         for index, exc in sorted(errors.items()):
             parts.append(f"--- pair {index}: {type(exc).__name__} ---\n{exc}")
         if teardown is not None:
@@ -93,7 +103,7 @@ class Rig:
         self.settings.check()
         self.state = SessionState(self.settings.run_root, self.session, argv=list(sys.argv), kind=self.kind)
         self.ports = PortAllocator(
-            self.settings.run_root / "ports",
+            self.settings.port_lock_dir,
             base=self.settings.port_base,
             block=self.settings.port_block,
             worker=self.settings.worker_index,
@@ -106,12 +116,15 @@ class Rig:
             raise
         self.pairs = [self._make_pair(i, backend) for i in range(self.n)]
         errors: dict[int, BaseException] = {}
+        aborted: list[int] = []
         with ThreadPoolExecutor(max_workers=self.n, thread_name_prefix=f"rig-{self.session}") as pool:
             futures = {pool.submit(pair.start): pair.index for pair in self.pairs}
             try:
                 for fut, index in futures.items():
                     exc = fut.exception()
-                    if exc is not None:
+                    if isinstance(exc, Aborted):
+                        aborted.append(index)
+                    elif exc is not None:
                         errors[index] = exc
                         self._abort.set()  # the others stop waiting at their next poll
             except BaseException:
@@ -119,13 +132,13 @@ class Rig:
                 # once; the caller's close() then stops whatever did start.
                 self._abort.set()
                 raise
-        if errors:
+        if errors or aborted:
             teardown: TeardownErrors | None = None
             try:
                 self.close()
             except TeardownErrors as exc:
                 teardown = exc
-            raise RigStartError(errors, teardown)
+            raise RigStartError(errors, teardown, aborted)
         self.timings["start"] = time.monotonic() - t0
         return self
 

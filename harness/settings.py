@@ -41,6 +41,16 @@ def default_run_root(env: Mapping[str, str]) -> Path:
     return Path.home() / ".cache" / "openevse-harness"
 
 
+def default_port_lock_dir(env: Mapping[str, str]) -> Path:
+    """`HARNESS_PORT_LOCK_DIR`, else `<default run root>/ports`, *not* under HARNESS_RUN_DIR:
+    runs with different run dirs (one user's CI jobs, tests with private run dirs) must still
+    see each other's port locks (engineering.md §2.a)."""
+    if env.get("HARNESS_PORT_LOCK_DIR"):
+        return Path(env["HARNESS_PORT_LOCK_DIR"]).expanduser().absolute()
+    shared = {k: v for k, v in env.items() if k != "HARNESS_RUN_DIR"}
+    return default_run_root(shared) / "ports"
+
+
 def xdist_worker_index(env: Mapping[str, str]) -> int:
     """`gw3` → 3; no xdist → 0 (engineering.md §2.a)."""
     worker = env.get("PYTEST_XDIST_WORKER", "")
@@ -62,6 +72,7 @@ class Settings:
     emulator_is_ours: bool = True
     emulator_image: str | None = None
     run_root: Path = field(default_factory=lambda: default_run_root(os.environ))
+    port_lock_dir: Path = field(default_factory=lambda: default_port_lock_dir(os.environ))
     bridge: str = "auto"
     mdns_interfaces: tuple[str, ...] | None = ("127.0.0.1",)
     firmware_http_timeout: float = FIRMWARE_HTTP_TIMEOUT
@@ -134,6 +145,7 @@ class Settings:
             emulator_is_ours=ours,
             emulator_image=env.get("HARNESS_EMULATOR_IMAGE") or None,
             run_root=default_run_root(env),
+            port_lock_dir=default_port_lock_dir(env),
             bridge=bridge_kind,
             mdns_interfaces=mdns,
             evse_link_timeout=STAND_IN_EVSE_LINK_TIMEOUT if stand_in else REAL_EVSE_LINK_TIMEOUT,

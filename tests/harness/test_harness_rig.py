@@ -108,7 +108,9 @@ def test_firmware_that_exits_during_startup_fails_fast_with_its_log(
         rig.start()
     total = time.monotonic() - t0
     errors = info.value.errors
-    assert sorted(errors) == [0, 1]
+    # The first failure stops the other pair at once (listed as aborted, not as a failure).
+    assert len(errors) >= 1
+    assert sorted([*errors, *info.value.aborted]) == [0, 1]
     for exc in errors.values():
         assert isinstance(exc, ProcessDied)
         assert exc.elapsed < 1.0, f"noticed the exit only after {exc.elapsed:.2f}s"

@@ -27,6 +27,11 @@ def test_defaults_are_the_stand_in_and_our_emulator(tmp_path: Path) -> None:
     assert s.evse_link_timeout == 10.0
     assert "STAND-IN" in s.firmware_description()
     assert s.run_root == tmp_path
+    # Port locks are shared by runs with different run dirs, so they live elsewhere.
+    assert tmp_path not in s.port_lock_dir.parents
+    assert Settings.from_env({"HARNESS_PORT_LOCK_DIR": str(tmp_path / "locks")}).port_lock_dir == (
+        tmp_path / "locks"
+    )
 
 
 def test_relative_native_path_is_resolved_against_the_callers_dir(tmp_path: Path) -> None:
