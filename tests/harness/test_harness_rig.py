@@ -155,3 +155,45 @@ def test_relative_native_path_works_from_another_cwd(settings: Settings, tmp_pat
         assert rig[0].api.get_json("/status")["state"] != 0
         assert Path(rig[0].run_dir / "fw").is_dir()
         assert any((rig[0].run_dir / "fw").iterdir())  # the firmware wrote its state there
+
+
+def test_a_foreign_server_on_our_port_is_not_taken_for_our_firmware(tmp_path: Path) -> None:
+    """The race the allocator cannot close: another run's firmware binds our port between our
+    probe and our firmware's bind. Its 200 must not count as ours (wrong /config hostname)."""
+    import json
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from harness.firmware import Firmware, PortConflict
+
+    class Foreign(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            body = json.dumps({"hostname": "evse-other-0"}).encode()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Foreign)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    fw = Firmware(
+        instance="evse-mine-0",
+        argv=[sys.executable, "-c", "import time; time.sleep(30)"],  # alive, never serves
+        pty_path=tmp_path / "rapi.pty",
+        http_port=server.server_address[1],
+        hostname="evse-mine-0",
+        chip_id=1,
+        cwd=tmp_path / "fw",
+        log_path=tmp_path / "firmware.log",
+    )
+    fw.start()
+    try:
+        with pytest.raises(PortConflict, match="evse-other-0"):
+            fw.wait_http(5.0)
+    finally:
+        fw.stop()
+        server.shutdown()
+        server.server_close()
