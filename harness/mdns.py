@@ -17,13 +17,17 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from zeroconf import IPVersion, ServiceBrowser, ServiceInfo, ServiceStateChange, Zeroconf
+from zeroconf import DNSQuestionType, IPVersion, ServiceBrowser, ServiceInfo, ServiceStateChange, Zeroconf
 
 OPENEVSE_SERVICE = "_openevse._tcp.local."
 
 # How long one resolve request may wait for an answer, and how often the loop looks again.
 _RESOLVE_MS = 500
 _POLL_S = 0.05
+# A browser's queries back off (1 s, 2 s, 4 s, ...); until ``want`` holds, a fresh browser
+# (whose first query goes out at once) asks again at this pace, so one lost answer costs a
+# second, not half the deadline.
+_REQUERY_S = 1.0
 
 
 @dataclass(frozen=True)
@@ -94,8 +98,12 @@ def browse(
 
     zc = Zeroconf(interfaces=ifaces, ip_version=IPVersion.V4Only)
     browser: ServiceBrowser | None = None
+    again: ServiceBrowser | None = None
     try:
-        browser = ServiceBrowser(zc, service, handlers=[on_change])
+        # QM (multicast answers): several processes share 127.0.0.1:5353 with SO_REUSEPORT and a
+        # unicast answer to a QU question reaches only one of them, maybe not us.
+        browser = ServiceBrowser(zc, service, handlers=[on_change], question_type=DNSQuestionType.QM)
+        next_query = time.monotonic() + _REQUERY_S
         while True:
             with lock:
                 todo = sorted(pending)
@@ -108,7 +116,7 @@ def browse(
                 if remaining_ms <= 0:
                     break
                 info = ServiceInfo(service, fullname)
-                if info.request(zc, min(_RESOLVE_MS, remaining_ms)):
+                if info.request(zc, min(_RESOLVE_MS, remaining_ms), question_type=DNSQuestionType.QM):
                     rec = _record(info, service)
                     if rec is not None:
                         records[rec.name] = rec
@@ -116,13 +124,20 @@ def browse(
                             pending.discard(fullname)
             if want is not None and want(dict(records)):
                 break
-            remaining = deadline - time.monotonic()
+            now = time.monotonic()
+            remaining = deadline - now
             if remaining <= 0:
                 break
+            if now >= next_query:
+                if again is not None:
+                    again.cancel()
+                again = ServiceBrowser(zc, service, handlers=[on_change], question_type=DNSQuestionType.QM)
+                next_query = now + _REQUERY_S
             changed.wait(min(_POLL_S, remaining))
             changed.clear()
         return dict(records)
     finally:
-        if browser is not None:
-            browser.cancel()
+        for b in (browser, again):
+            if b is not None:
+                b.cancel()
         zc.close()
