@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from openevse_sim import BUILD_ENV, VERSION
+from openevse_sim.tasks import spawn
 
 if TYPE_CHECKING:
     from openevse_sim.config import Config
@@ -144,8 +145,7 @@ class Discovery:
         self._in_flight = False
 
     def start(self) -> None:
-        loop = asyncio.get_running_loop()
-        self._tasks.append(loop.create_task(self._run()))
+        self._tasks.append(spawn(self._run(), "discovery"))
 
     def zeroconf(self) -> Any:
         """The running AsyncZeroconf, or None (used to resolve `.local` names)."""
@@ -177,7 +177,7 @@ class Discovery:
         except Exception as exc:  # like the Avahi client failing: no mDNS, everything else runs (§2.1)
             print(f"Failed to create mDNS responder: {exc!r}", flush=True)
             return
-        self._tasks.append(asyncio.get_running_loop().create_task(self._advertise()))
+        self._tasks.append(spawn(self._advertise(), "mdns-advertise"))
         next_at = time.monotonic()
         while True:
             delay = next_at - time.monotonic()

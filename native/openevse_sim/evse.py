@@ -12,6 +12,7 @@ from collections.abc import Callable
 from typing import Any
 
 from openevse_sim.rapi import RapiClient, Reply
+from openevse_sim.tasks import spawn
 
 GV_RETRY = 10.0
 GS_PERIOD = 30.0
@@ -91,6 +92,7 @@ class Evse:
         self.have_status = False  # set by the first good $GS
         self._boot_requested = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._energy_task: asyncio.Task[None] | None = None
 
     # --- events ---------------------------------------------------------------------------
     def handle_event(self, tokens: list[str]) -> None:
@@ -139,7 +141,7 @@ class Evse:
         if changes:
             self.on_change(changes)
         if was_charging and self.state != 3 and self._task is not None:
-            asyncio.get_running_loop().create_task(self._read_energy())
+            self._energy_task = spawn(self._read_energy(), "evse-energy")
 
     @property
     def vehicle(self) -> int:
@@ -157,13 +159,14 @@ class Evse:
 
     # --- loop -----------------------------------------------------------------------------
     def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._run())
+        self._task = spawn(self._run(), "evse")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._task
+        for task in (self._task, self._energy_task):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
 
     async def _run(self) -> None:
         if not self.rapi.is_open:

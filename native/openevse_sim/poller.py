@@ -12,6 +12,8 @@ import json
 import time
 from typing import TYPE_CHECKING, Any
 
+from openevse_sim.tasks import spawn
+
 if TYPE_CHECKING:
     import aiohttp
 
@@ -47,7 +49,7 @@ class Poller:
 
     def start(self) -> None:
         self.peers.listeners.append(self._wake.set)
-        self._supervisor = asyncio.get_running_loop().create_task(self._supervise())
+        self._supervisor = spawn(self._supervise(), "poller")
 
     async def stop(self) -> None:
         tasks = [t for t in (self._supervisor, *self.tasks.values()) if t is not None]
@@ -64,7 +66,7 @@ class Poller:
                 if host not in wanted or self.tasks[host].done():
                     self.tasks.pop(host).cancel()
             for host in wanted - set(self.tasks):
-                self.tasks[host] = asyncio.get_running_loop().create_task(self._peer_loop(host))
+                self.tasks[host] = spawn(self._peer_loop(host), f"poll {host}")
             self._wake.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), LOOP_PERIOD)

@@ -5,6 +5,7 @@ from loopback-only values, so the sweep never causes traffic beyond 127.0.0.1.""
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import socket
@@ -238,7 +239,7 @@ def test_websocket_garbage_frames(target: Sim) -> None:
             '{"ping":"x"}',
             '{"loadsharing":5}',
             '{"loadsharing":{"target_current":"a"}}',
-            "x" * 20000,
+            "x" * 8000,
         ]:
             sock.send(frame)
         sock.send_binary(b"\x00\xff")
@@ -251,6 +252,32 @@ def test_websocket_garbage_frames(target: Sim) -> None:
             pytest.fail("no pong")
     finally:
         sock.close()
+    assert target.alive()
+
+
+def test_websocket_oversized_frame_closes_only_that_connection(target: Sim) -> None:
+    import websocket
+
+    sock = websocket.create_connection(f"ws://127.0.0.1:{target.port}/ws", timeout=REQUEST_TIMEOUT)
+    try:
+        sock.recv()
+        with contextlib.suppress(OSError, websocket.WebSocketException):
+            sock.send("x" * 100_000)  # over the 16 KiB limit: the server closes this socket
+
+        def drain_until_closed() -> None:
+            while sock.recv() != "":  # "" = close frame received
+                pass
+            raise websocket.WebSocketConnectionClosedException("closed")
+
+        with pytest.raises((OSError, websocket.WebSocketException)):
+            drain_until_closed()
+    finally:
+        sock.close()
+    other = websocket.create_connection(f"ws://127.0.0.1:{target.port}/ws", timeout=REQUEST_TIMEOUT)
+    try:
+        assert "state" in json.loads(other.recv())
+    finally:
+        other.close()
     assert target.alive()
 
 
