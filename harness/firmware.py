@@ -140,8 +140,13 @@ class Firmware:
             backoff=POLL,
         )
 
-    def wait_evse_link(self, timeout: float, *, alive: Alive | None = None) -> dict[str, Any]:
-        """Stage 3: `/status.state != 0`, i.e. the firmware has heard from the EVSE over RAPI."""
+    def wait_evse_link(
+        self, timeout: float, *, alive: Alive | None = None, log_tail: Callable[[], str] | None = None
+    ) -> dict[str, Any]:
+        """Stage 3: `/status.state != 0`, i.e. the firmware has heard from the EVSE over RAPI.
+
+        ``log_tail`` lets the pair add the bridge's and emulator's logs: a dead link is as
+        often their story as the firmware's."""
         proc = self._proc()
 
         def check(remaining: float) -> dict[str, Any]:
@@ -158,7 +163,7 @@ class Firmware:
             what=f"EVSE link (GET {self.url}/status .state != 0)",
             timeout=timeout,
             alive=alive or proc.alive,
-            log_tail=proc.log_tail,
+            log_tail=log_tail or proc.log_tail,
             backoff=POLL,
         )
         return result

@@ -23,6 +23,7 @@ from harness.identity import Identity
 from harness.ports import PortAllocator, PortLease, looks_like_address_in_use
 from harness.runstate import SessionState
 from harness.settings import Settings
+from harness.waiting import tail
 
 Progress = Callable[[str], None]
 T = TypeVar("T")
@@ -229,7 +230,15 @@ class Pair:
                     fw.http_port = self._lease.port
                     self.api = Api(fw.url)
         self._say(f"firmware HTTP up at {fw.url}")
-        fw.wait_evse_link(self.settings.evse_link_timeout, alive=self._alive)
+        fw.wait_evse_link(self.settings.evse_link_timeout, alive=self._alive, log_tail=self.log_tails)
+
+    def log_tails(self, lines: int = 40) -> str:
+        """The firmware's log tail followed by shorter tails of the bridge's and emulator's."""
+        parts = []
+        for name, path in self.logs.items():
+            n = lines if name == "firmware" else max(5, lines // 4)
+            parts.append(f"[{name}: {path}]\n{tail(path, n)}")
+        return "\n".join(parts)
 
     def _record(self) -> None:
         self._state.set_instance(self.index, self.describe())
@@ -239,7 +248,9 @@ class Pair:
     def wait_evse_link(self, timeout: float | None = None) -> dict[str, Any]:
         """Wait until the firmware reports `/status.state != 0`; returns that status."""
         fw = self._need(self.firmware, "firmware")
-        return fw.wait_evse_link(timeout or self.settings.evse_link_timeout, alive=self._alive)
+        return fw.wait_evse_link(
+            timeout or self.settings.evse_link_timeout, alive=self._alive, log_tail=self.log_tails
+        )
 
     def stop_firmware(self) -> None:
         """Firmware only (fault tests); the bridge and emulator stay up."""

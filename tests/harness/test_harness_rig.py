@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from conftest import poll, process_gone
-from harness.errors import ProcessDied
+from harness.errors import ProcessDied, ReadinessTimeout
 from harness.rig import Rig, RigStartError
 from harness.runstate import proc_start_time
 from harness.settings import Settings
@@ -197,3 +197,73 @@ def test_a_foreign_server_on_our_port_is_not_taken_for_our_firmware(tmp_path: Pa
         fw.stop()
         server.shutdown()
         server.server_close()
+
+
+SILENT_EMULATOR = """
+import argparse, socket, sys, threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+p = argparse.ArgumentParser()
+p.add_argument("--serial-mode")
+p.add_argument("--serial-tcp-port", type=int)
+p.add_argument("--web-host")
+p.add_argument("--web-port", type=int)
+args = p.parse_args()
+
+rapi = socket.socket()
+rapi.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+rapi.bind(("127.0.0.1", args.serial_tcp_port))
+rapi.listen()
+held = []
+
+def accept():
+    while True:
+        conn, _ = rapi.accept()
+        held.append(conn)  # accepts RAPI, never answers: an EVSE that is mute
+        print("silent emulator: RAPI client connected", file=sys.stderr, flush=True)
+
+threading.Thread(target=accept, daemon=True).start()
+
+class Api(BaseHTTPRequestHandler):
+    def do_GET(self):
+        self.send_response(200)
+        self.send_header("Content-Length", "2")
+        self.end_headers()
+        self.wfile.write(b"{}")
+
+    def log_message(self, *a):
+        pass
+
+print("silent emulator up (no ready line, like upstream's)", file=sys.stderr, flush=True)
+ThreadingHTTPServer(("127.0.0.1", args.web_port), Api).serve_forever()
+"""
+
+
+def test_evse_link_timeout_names_stage_elapsed_last_error_and_all_logs(
+    settings: Settings, tmp_path: Path
+) -> None:
+    script = tmp_path / "silent_emulator.py"
+    script.write_text(SILENT_EMULATOR)
+    mute = settings.with_(
+        emulator_argv=(sys.executable, str(script)), emulator_is_ours=False, evse_link_timeout=2.0
+    )
+    rig = Rig(mute, 1)
+    t0 = time.monotonic()
+    with pytest.raises(RigStartError) as info:
+        rig.start()
+    assert time.monotonic() - t0 < 15
+    exc = info.value.errors[0]
+    text = str(exc)
+    assert isinstance(exc, ReadinessTimeout)
+    assert exc.instance == rig[0].name
+    assert "EVSE link" in text
+    assert "2.0" in text  # elapsed / deadline
+    assert "/status.state is 0" in text  # the last error
+    assert "[firmware:" in text
+    assert "Server started" in text
+    assert "[bridge:" in text
+    assert "starting data transfer loop" in text  # socat did connect: the EVSE is mute
+    assert "[emulator:" in text
+    assert "silent emulator: RAPI client connected" in text
+    assert rig.state is not None
+    assert not rig.state.dir.exists()
