@@ -179,6 +179,12 @@ class Config:
         tmp.write_text(json.dumps(self.values, indent=1, sort_keys=True), encoding="utf-8")
         tmp.replace(self.path)
 
+    def factory_reset(self) -> None:
+        """`/reset`: defaults in memory, the image file removed."""
+        self.values = dict(DEFAULTS)
+        self.version += 1
+        self.path.unlink(missing_ok=True)
+
     # --- accessors -----------------------------------------------------------------------
     def get(self, key: str) -> ConfigValue:
         return self.values[key]

@@ -93,6 +93,7 @@ class Evse:
         self._boot_requested = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._energy_task: asyncio.Task[None] | None = None
+        self._restart_task: asyncio.Task[Reply | None] | None = None
 
     # --- events ---------------------------------------------------------------------------
     def handle_event(self, tokens: list[str]) -> None:
@@ -334,6 +335,11 @@ class Evse:
                 self.on_change({"pilot": amps})
             ok = ok and reply.ok
         return ok
+
+    def restart_controller(self) -> None:
+        """`POST /restart {"device":"evse"}`: `$FR`; the controller answers with `$AB` later."""
+        if self._task is not None:
+            self._restart_task = spawn(self.rapi.command("$FR"), "evse-restart")
 
     def set_voltage(self, volts: float) -> None:
         """`POST /status {"voltage": V}` (§7.1)."""

@@ -134,6 +134,8 @@ class Api:
             ("/status", True): self.status,
             ("/config", True): self.config_route,
             ("/ws", True): self.ws,
+            ("/reset", True): self.reset,
+            ("/restart", True): self.restart,
             ("/loadsharing/peers", False): self.peers_route,
             ("/loadsharing/peers/", False): self.peer_host_route,
             ("/loadsharing/discover", False): self.discover,
@@ -235,6 +237,37 @@ class Api:
         if changes:
             self.hub.publish(changes)
 
+    async def reset(self, request: web.Request, path: str) -> web.StreamResponse:
+        """`/reset` (any method): config back to defaults, config image erased, FS emptied (§5.4);
+        the process keeps running (`ESPAL.reset()` is a no-op on native)."""
+        self.config.factory_reset()
+        self.peers.wipe()
+        self.hub.publish({"config_version": self.config.version})
+        return web.Response(status=200, text="1", content_type="text/plain")
+
+    async def restart(self, request: web.Request, path: str) -> web.StreamResponse:
+        """`/restart`: GET and `{"device":"gateway"}` are no-ops on native; `evse` sends `$FR`."""
+        if request.method == "GET":
+            return web.Response(status=200, text="1", content_type="text/plain")
+        if request.method != "POST":
+            return method_not_allowed()
+        raw = await read_body(request, BODY_LIMIT)
+        try:
+            if raw is None:
+                raise ValueError("too large")
+            body = parse_json(raw)
+        except ValueError:
+            return msg(400, "Couldn't parse json")
+        if not isinstance(body, dict) or "device" not in body:
+            return msg(400, "wrong payload")
+        if body["device"] == "gateway":
+            return msg(200, "restart gateway")
+        if body["device"] == "evse":
+            if self.evse is not None:
+                self.evse.restart_controller()
+            return msg(200, "restart evse")
+        return msg(404, "unknown device")
+
     async def config_route(self, request: web.Request, path: str) -> web.StreamResponse:
         if request.method == "OPTIONS":
             return web.Response(status=200)
@@ -314,7 +347,8 @@ class Api:
         self.hub.subscribers.add(push)
         writer = asyncio.get_running_loop().create_task(self._ws_writer(sock, queue))
         try:
-            await sock.send_str(json.dumps(self.hub.document(), separators=(",", ":")))
+            # onWsConnect builds the status and sends it with sendAll: every client gets it.
+            self.hub.publish({"__full__": True})
             async for frame in sock:
                 if frame.type == WSMsgType.TEXT:
                     await self._ws_frame(sock, frame.data)
@@ -343,8 +377,9 @@ class Api:
             return
         if not isinstance(frame, dict):
             return
-        if "ping" in frame:
-            await sock.send_str(json.dumps({"pong": 1}))
+        ping = frame.get("ping")
+        if isinstance(ping, int) and not isinstance(ping, bool) and -128 <= ping <= 127:  # is<int8_t>()
+            await sock.send_str('{"pong": 1}')
         allocation = frame.get("loadsharing")
         if isinstance(allocation, dict):
             self.loadsharing.on_allocation_frame(allocation)

@@ -129,6 +129,14 @@ class PeerGroup:
             return time.monotonic() - peer.last_rx <= self.heartbeat_timeout()
         return peer.mdns_online
 
+    def wipe(self) -> None:
+        """`/reset`: forget every peer and empty the FS root (files only; it is ours)."""
+        self.entries.clear()
+        for child in self.path.parent.iterdir():
+            if child.is_file():
+                child.unlink(missing_ok=True)
+        self.changed(persist=False)
+
     # --- mutations ------------------------------------------------------------------------
     def join(self, host: str) -> Peer:
         peer = self.find(host)

@@ -424,3 +424,47 @@ def test_serial_console_config_lines(tmp_path: Path) -> None:
         assert requests.get(f"http://127.0.0.1:{port}/config", timeout=5).json()["loadsharing_priority"] == 4
     finally:
         stop_process(proc)
+
+
+def test_reset_wipes_config_and_peers_but_keeps_running(sim: Sim) -> None:
+    import requests
+
+    assert sim.post("/loadsharing/peers", {"host": "gone.example:1", "reciprocal": False}).status_code == 200
+    assert sim.post("/config", {"loadsharing_group_id": "before"}).status_code == 200
+    response = requests.get(sim.base + "/reset", timeout=5)
+    assert (response.status_code, response.text) == (200, "1")
+    config = sim.get("/config").json()
+    assert config["loadsharing_group_id"] == ""
+    # Defaults again, CLI overrides included: the hostname falls back to openevse-<short id>.
+    assert config["hostname"] == f"openevse-{sim.long_id[-4:]}"
+    assert [r["host"] for r in sim.peers()] == [f"openevse-{sim.long_id[-4:]}.local"]
+    assert not (sim.cwd / "epoxyeepromdata").exists()
+    assert list((sim.cwd / "epoxyfsdata").iterdir()) == []
+    assert sim.alive()
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "reply"),
+    [
+        ({"device": "gateway"}, 200, {"msg": "restart gateway"}),
+        ({"device": "evse"}, 200, {"msg": "restart evse"}),
+        ({"device": "toaster"}, 404, {"msg": "unknown device"}),
+        ({}, 400, {"msg": "wrong payload"}),
+    ],
+)
+def test_restart_post(sim: Sim, body: dict[str, str], status: int, reply: dict[str, str]) -> None:
+    response = sim.post("/restart", body)
+    assert response.status_code == status
+    assert response.json() == reply
+    assert sim.alive()
+
+
+def test_restart_get_bad_json_and_405(sim: Sim) -> None:
+    import requests
+
+    response = requests.get(sim.base + "/restart", timeout=5)
+    assert (response.status_code, response.text) == (200, "1")
+    bad = sim.post("/restart", data=b"{")
+    assert (bad.status_code, bad.json()) == (400, {"msg": "Couldn't parse json"})
+    other = requests.delete(sim.base + "/restart", timeout=5)
+    assert (other.status_code, other.json()) == (405, {"msg": "Method not allowed"})
