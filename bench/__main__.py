@@ -154,6 +154,8 @@ def run(args: argparse.Namespace) -> int:
 
         if args.suite:
             results["suite"] = []
+            print("  suite collection only ...", flush=True)
+            results["suite_collect"] = run_suite(2, 1, cwd=REPO, log_dir=out, collect_only=True)
             for instances, workers in plan.suite:
                 loads.append(os.getloadavg()[0])
                 print(f"  suite --instances {instances} -n {workers} ...", flush=True)

@@ -356,7 +356,9 @@ def safe_measure_rig(settings: Any, n: int, **kwargs: Any) -> RigSample:
 
 # ---- the integration suite ----------------------------------------------------------------
 
-_COUNT = re.compile(r"(\d+) (passed|failed|errors?|skipped|xfailed|xpassed|deselected|warnings?)\b")
+_COUNT = re.compile(
+    r"(\d+) (passed|failed|errors?|skipped|xfailed|xpassed|deselected|warnings?|tests? collected)\b"
+)
 _DURATION = re.compile(r"^\s*([\d.]+)s (setup|call|teardown)\s+(\S+)")
 
 
@@ -367,33 +369,44 @@ def parse_pytest_summary(text: str) -> dict[str, int]:
             counts: dict[str, int] = {}
             for num, word in _COUNT.findall(line):
                 key = {"error": "errors", "warning": "warnings"}.get(word, word)
+                key = "collected" if key.endswith("collected") else key
                 counts[key] = counts.get(key, 0) + int(num)
             return counts
     return {}
 
 
-def parse_durations(text: str, limit: int = 8) -> list[dict[str, Any]]:
-    """The ``--durations`` lines: the slowest setup/call/teardown phases."""
+def parse_durations(text: str, limit: int | None = 8) -> list[dict[str, Any]]:
+    """The ``--durations`` lines, slowest first (pytest's order); ``limit=None``: all."""
     rows: list[dict[str, Any]] = []
     for line in text.splitlines():
         m = _DURATION.match(line)
         if m:
             rows.append({"seconds": float(m.group(1)), "phase": m.group(2), "test": m.group(3)})
-    return rows[:limit]
+    return rows if limit is None else rows[:limit]
 
 
 def run_suite(
-    instances: int, workers: int, *, cwd: Path, log_dir: Path, timeout: float = 1800.0
+    instances: int,
+    workers: int,
+    *,
+    cwd: Path,
+    log_dir: Path,
+    timeout: float = 1800.0,
+    collect_only: bool = False,
 ) -> dict[str, Any]:
-    """Run the integration suite once for one rig size; wall time, counts, slowest phases."""
+    """Run the integration suite once for one rig size; wall time, counts, slowest phases.
+
+    ``collect_only``: pytest's start-up and collection alone, the fixed cost of every run."""
     argv = [
         sys.executable, "-m", "pytest", "tests/integration",
-        "--instances", str(instances), "-q", "-p", "no:cacheprovider", "--durations=8",
+        "--instances", str(instances), "-q", "-p", "no:cacheprovider", "--durations=0",
     ]  # fmt: skip
     if workers > 1:
         argv += ["-n", str(workers)]
+    if collect_only:
+        argv.append("--collect-only")
     log_dir.mkdir(parents=True, exist_ok=True)
-    log_path = log_dir / f"suite-n{instances}-w{workers}.log"
+    log_path = log_dir / f"suite-n{instances}-w{workers}{'-collect' if collect_only else ''}.log"
     result: dict[str, Any] = {
         "instances": instances,
         "workers": workers,
@@ -421,7 +434,9 @@ def run_suite(
     result["wall_s"] = time.monotonic() - t0
     text = log_path.read_text(errors="replace")
     result["counts"] = parse_pytest_summary(text)
-    result["slowest"] = parse_durations(text)
+    phases = parse_durations(text, limit=None)
+    result["slowest"] = phases[:8]
+    result["phases_total_s"] = float(sum(p["seconds"] for p in phases))
     result["failed_tests"] = failed_tests(text)
     if result.get("returncode") not in (0, None) and "error" not in result:
         last = text.strip().splitlines()[-1:] or [""]

@@ -273,13 +273,21 @@ def format_table(results: Mapping[str, Any]) -> str:
     suite = results.get("suite")
     if suite:
         lines.append("")
-        lines.append("integration suite (wall time, one run each):")
+        lines.append(
+            "integration suite (wall time, one run each; phases = sum of its setup/call/teardown times):"
+        )
+        collect = results.get("suite_collect") or {}
+        if isinstance(collect.get("wall_s"), float):
+            lines.append(f"  pytest start-up + collection alone: {collect['wall_s']:.1f}s")
         for run in suite:
             counts = ", ".join(f"{v} {k}" for k, v in run.get("counts", {}).items()) or "no summary"
             wall = run.get("wall_s")
             wall_text = f"{wall:7.1f}s" if isinstance(wall, float) else "      -"
             err = f"  [{run['error'].splitlines()[0][:100]}]" if run.get("error") else ""
-            lines.append(f"  --instances {run['instances']} -n {run['workers']}: {wall_text}  {counts}{err}")
+            phases = run.get("phases_total_s")
+            phases_text = f" (phases {phases:.1f}s)" if isinstance(phases, float) else ""
+            what = f"--instances {run['instances']} -n {run['workers']}"
+            lines.append(f"  {what}: {wall_text}{phases_text}  {counts}{err}")
             for failed in run.get("failed_tests", [])[:4]:
                 lines.append(f"      {failed[:110]}")
     elif results.get("suite_skipped"):

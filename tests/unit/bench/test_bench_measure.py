@@ -145,6 +145,8 @@ def test_parse_pytest_summary() -> None:
     assert parse_pytest_summary("1 error in 0.5s") == {"errors": 1}
     assert parse_pytest_summary("no tests ran in 0.01s") == {}
     assert parse_pytest_summary("") == {}
+    assert parse_pytest_summary("24 tests collected in 0.66s") == {"collected": 24}
+    assert parse_pytest_summary("1 test collected in 0.1s") == {"collected": 1}
 
 
 def test_parse_durations() -> None:
