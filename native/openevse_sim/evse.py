@@ -293,15 +293,11 @@ class Evse:
             milliamps, millivolts = _int(reply.tokens[0]), _int(reply.tokens[1])
             if milliamps is None or millivolts is None:
                 return
-            changes: dict[str, Any] = {}
-            if milliamps != self.amp:
-                self.amp = milliamps
-                changes["amp"] = milliamps
-            if millivolts > 0 and millivolts / 1000 != self.voltage:
+            self.amp = milliamps
+            if millivolts > 0:
                 self.voltage = millivolts / 1000
-                changes["voltage"] = self.voltage
-            if changes:
-                self.on_change(changes)
+            # Sent every cycle, changed or not: a charging unit emits amp events each second (§3.3).
+            self.on_change({"amp": self.amp, "voltage": self.voltage})
 
     async def _enable_heartbeat(self) -> None:
         interval, current = self.heartbeat_args
