@@ -52,7 +52,12 @@ def plot(figures: Mapping[str, Any], path: Path, title: str) -> Path | None:
             continue
         ax.plot([n], [limit], marker="_", markersize=18, color="black", linestyle="none")
         ax.annotate(
-            f"floor: {label} <= {limit:g}s", (n, limit), textcoords="offset points", xytext=(6, 4), fontsize=7
+            f"floor: {label} <= {limit:g}s",
+            (n, limit),
+            textcoords="offset points",
+            xytext=(-8, 4),
+            ha="right",
+            fontsize=7,
         )
     ax.set_xscale("log", base=2)
     if all_ns:
