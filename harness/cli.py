@@ -62,9 +62,11 @@ class _Stopper:
         code = EXIT_SIGNAL.get(signal.Signals(self.signum), 1)
         if self.rig is not None:
             self.rig.kill()
-            if self.rig.state is not None:
-                info = SessionInfo(self.rig.session, self.rig.state.dir, dict(self.rig.state.data))
-                reap_session(info)
+            state = self.rig.state
+            if state is not None:
+                snapshot = state.snapshot()
+                state.freeze()  # teardown threads still running must not rewrite the dir
+                reap_session(SessionInfo(self.rig.session, state.dir, snapshot))
         os._exit(code)
 
 

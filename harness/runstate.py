@@ -15,7 +15,7 @@ import signal
 import stat
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -77,6 +77,7 @@ class SessionState:
         self.dir = ensure_private_dir(sessions_dir(run_root) / session)
         self.path = self.dir / STATE_FILE
         self._lock = threading.Lock()
+        self._frozen = False
         pid = os.getpid()
         self.data: dict[str, Any] = {
             "session": session,
@@ -92,7 +93,26 @@ class SessionState:
         }
         self._write()
 
+    def snapshot(self) -> dict[str, Any]:
+        """A deep copy of the state; safe from a signal handler (never blocks for long)."""
+        got = self._lock.acquire(timeout=1.0)
+        try:
+            copied: dict[str, Any] = json.loads(json.dumps(self.data))
+            return copied
+        finally:
+            if got:
+                self._lock.release()
+
+    def freeze(self) -> None:
+        """No more writes (a forced stop is about to delete the dir; a late write would race).
+
+        No lock: this runs from a signal handler; a write already under way just finishes,
+        and ``remove_tree`` retries past it."""
+        self._frozen = True
+
     def _write(self) -> None:
+        if self._frozen:
+            return
         tmp = self.path.with_suffix(".tmp")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as fh:
@@ -139,7 +159,8 @@ class SessionState:
 
     def remove(self) -> None:
         """Delete the session dir (the owner's normal teardown, once everything stopped)."""
-        shutil.rmtree(self.dir, ignore_errors=True)
+        self.freeze()
+        remove_tree(self.dir)
 
 
 @dataclass
@@ -180,6 +201,7 @@ def reap_session(info: SessionInfo) -> list[str]:
     containers and directory. Returns what was done, one line each. Never touches a process
     whose start time differs (pid reuse)."""
     done: list[str] = []
+    killed: list[tuple[int, int]] = []
     for key, child in dict(info.data.get("children", {})).items():
         pid, start = int(child.get("pid", 0)), child.get("start")
         if not same_process(pid, start):
@@ -188,6 +210,9 @@ def reap_session(info: SessionInfo) -> list[str]:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(pid, signal.SIGKILL)
             done.append(f"killed {key} (pid {pid})")
+            killed.append((pid, int(start)))
+    # Let them die before deleting their directories (a dying firmware may still write there).
+    wait_until_true(lambda: not any(same_process(pid, start) for pid, start in killed), timeout=3.0)
     for link in info.data.get("links", []):
         p = Path(link)
         # Only links inside this session's dir: the state file is not trusted to name others.
@@ -196,9 +221,32 @@ def reap_session(info: SessionInfo) -> list[str]:
             done.append(f"removed link {p}")
     if info.data.get("containers"):
         done.extend(_reap_containers(info))
-    shutil.rmtree(info.dir, ignore_errors=True)
-    done.append(f"removed {info.dir}")
+    remove_tree(info.dir)
+    done.append(f"removed {info.dir}" if not info.dir.exists() else f"could not remove {info.dir}")
     return done
+
+
+def remove_tree(path: Path, timeout: float = 2.0) -> bool:
+    """``rmtree`` that retries while a late writer re-adds entries (ENOTEMPTY races)."""
+
+    def gone() -> bool:
+        shutil.rmtree(path, ignore_errors=True)
+        return not path.exists()
+
+    return wait_until_true(gone, timeout=timeout)
+
+
+def wait_until_true(check: Callable[[], bool], timeout: float) -> bool:
+    """A small poll with backoff for cleanup paths (no instance to name, nothing to raise)."""
+    deadline = time.monotonic() + timeout
+    delay = 0.01
+    while True:
+        if check():
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(delay)
+        delay = min(0.2, delay * 1.5)
 
 
 def _reap_containers(info: SessionInfo) -> list[str]:
@@ -227,11 +275,4 @@ def reap_dead_sessions(run_root: Path) -> list[tuple[str, list[str]]]:
 def wait_for_gone(paths: Iterator[Path] | list[Path], timeout: float) -> bool:
     """Poll until none of ``paths`` exists (used by `harness down` on a live owner)."""
     items = list(paths)
-    deadline = time.monotonic() + timeout
-    delay = 0.02
-    while time.monotonic() < deadline:
-        if not any(p.exists() for p in items):
-            return True
-        time.sleep(delay)
-        delay = min(0.25, delay * 1.5)
-    return not any(p.exists() for p in items)
+    return wait_until_true(lambda: not any(p.exists() for p in items), timeout)

@@ -192,3 +192,35 @@ def test_logs_prints_an_instances_logs(tmp_path: Path, run_root: Path) -> None:
     finally:
         os.kill(proc.pid, signal.SIGINT)
         proc.wait(30)
+
+
+STUBBORN_FIRMWARE = """\
+#!{python}
+import signal, subprocess, sys, time
+if "--help" in sys.argv:
+    sys.exit(0)
+signal.signal(signal.SIGTERM, signal.SIG_IGN)  # makes an orderly stop take its full 5 s
+child = subprocess.Popen([sys.executable, "-m", "openevse_sim", *sys.argv[1:]])
+child.wait()
+time.sleep(3600)
+"""
+
+
+def test_second_sigint_forces_and_still_leaves_nothing(tmp_path: Path, run_root: Path) -> None:
+    stubborn = tmp_path / "stubborn-firmware"
+    stubborn.write_text(STUBBORN_FIRMWARE.format(python=sys.executable))
+    stubborn.chmod(0o755)
+    proc, out = _start_up(tmp_path, run_root, 1, "--native", str(stubborn))
+    try:
+        summary = _summary(proc, out, tmp_path)
+        children = _children(summary)
+        os.kill(proc.pid, signal.SIGINT)
+        poll(lambda: "stopping" in (tmp_path / "up.err").read_text(), "orderly stop begun")
+        os.kill(proc.pid, signal.SIGINT)
+        assert proc.wait(4) == 130  # well before the 5 s the orderly stop would wait
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert "killing everything now" in (tmp_path / "up.err").read_text()
+    _assert_all_gone(summary, children)
