@@ -73,6 +73,83 @@ class ProgressClock:
             return next((t for t, text in self.events if text.startswith(prefix)), None)
 
 
+READY_LINE = '"event": "ready"'
+SERVER_STARTED = "Server started"
+
+
+class LogWatcher:
+    """Notes when each pair's own log first shows it is up, independently of the harness's
+    polling: the emulator's ready line and the firmware's ``Server started`` banner. The gap
+    to the harness's own stamps is its detection lag (its poll backoff)."""
+
+    def __init__(
+        self, rig: Any, *, interval: float = 0.02, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self._rig = rig
+        self._interval = interval
+        self._clock = clock
+        self._stop = threading.Event()
+        self.seen: dict[tuple[str, str], float] = {}
+        self._thread = threading.Thread(target=self._run, name="bench-log-watcher", daemon=True)
+
+    def start(self) -> LogWatcher:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def scan(self) -> bool:
+        """One look at every log; True once everything was seen."""
+        pairs = list(getattr(self._rig, "pairs", []))
+        pending = 0
+        for pair in pairs:
+            for what, name, needle in (
+                ("emulator", "emulator.log", READY_LINE),
+                ("firmware", "firmware.log", SERVER_STARTED),
+            ):
+                key = (pair.name, what)
+                if key in self.seen:
+                    continue
+                try:
+                    text = (Path(pair.run_dir) / name).read_text(errors="replace")
+                except OSError:
+                    text = ""
+                if needle in text:
+                    self.seen[key] = self._clock()
+                else:
+                    pending += 1
+        return bool(pairs) and pending == 0
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            if self.scan():
+                return
+            self._stop.wait(self._interval)
+
+
+def detection_lags(
+    timings: Mapping[str, float],
+    emulator_said: float | None,
+    http_said: float | None,
+    emulator_seen: float | None,
+    firmware_seen: float | None,
+) -> dict[str, float]:
+    """How long after a part's own log said "up" the harness noticed (seconds; can be a few
+    ms negative when the harness polled between the log line and our next look)."""
+    out: dict[str, float] = {}
+    emulator = timings.get("emulator")
+    if emulator is None or emulator_said is None:
+        return out
+    start = emulator_said - emulator
+    if emulator_seen is not None:
+        out["lag_emulator"] = emulator - (emulator_seen - start)
+    if http_said is not None and firmware_seen is not None:
+        out["lag_firmware_http"] = http_said - firmware_seen
+    return out
+
+
 def stage_split(
     timings: Mapping[str, float], emulator_said: float | None, http_said: float | None
 ) -> dict[str, float]:
@@ -241,6 +318,7 @@ def measure_rig(
     converge_timeout: float = 30.0,
     memory: bool = True,
     logs_dir: Path | None = None,
+    watch_logs: bool = True,
 ) -> RigSample:
     """Start a rig of ``n`` pairs, take its footprint, optionally converge, tear it down.
 
@@ -257,7 +335,14 @@ def measure_rig(
     rig = Rig(settings, n, progress=clock, kind="bench", workdir=workdir)
     try:
         _measure(
-            rig, sample, clock, converge=converge, poll=poll, converge_timeout=converge_timeout, memory=memory
+            rig,
+            sample,
+            clock,
+            converge=converge,
+            poll=poll,
+            converge_timeout=converge_timeout,
+            memory=memory,
+            watch_logs=watch_logs,
         )
     finally:
         if workdir is not None:
@@ -289,10 +374,12 @@ def _measure(
     poll: float,
     converge_timeout: float,
     memory: bool,
+    watch_logs: bool,
 ) -> None:
     n = sample.n
     with _closing(rig):
         cpu0 = self_cpu_s()
+        watcher = LogWatcher(rig).start() if watch_logs else None
         t0 = time.monotonic()
         try:
             _start_interruptibly(rig)
@@ -301,13 +388,26 @@ def _measure(
         except Exception as exc:
             sample.error = f"start: {type(exc).__name__}: {exc}"[:4000]
             return
+        finally:
+            if watcher is not None:
+                watcher.stop()
         sample.ready_s = time.monotonic() - t0
         sample.harness_cpu_s = self_cpu_s() - cpu0
         slowest = 0.0
         for pair in rig:
-            split = stage_split(
-                pair.timings, clock.first(pair.name, EMULATOR_UP), clock.first(pair.name, HTTP_UP)
-            )
+            emulator_said = clock.first(pair.name, EMULATOR_UP)
+            http_said = clock.first(pair.name, HTTP_UP)
+            split = stage_split(pair.timings, emulator_said, http_said)
+            if watcher is not None:
+                split.update(
+                    detection_lags(
+                        pair.timings,
+                        emulator_said,
+                        http_said,
+                        watcher.seen.get((pair.name, "emulator")),
+                        watcher.seen.get((pair.name, "firmware")),
+                    )
+                )
             sample.stages.append(split)
             slowest = max(slowest, split.get("pair_ready", 0.0))
         sample.rig_overhead_s = sample.ready_s - slowest

@@ -15,6 +15,8 @@ from typing import Any
 from bench.measure import PARTS, STAGES, RigSample
 from bench.stats import Summary, summarize
 
+LAGS = ("lag_emulator", "lag_firmware_http")
+
 
 @dataclass(frozen=True)
 class Floor:
@@ -89,7 +91,7 @@ def aggregate(samples: Sequence[RigSample], *, cpus: int | None = None) -> dict[
             if not ok:
                 continue
             stages: dict[str, Any] = {}
-            for stage in (*STAGES, "pair_ready"):
+            for stage in (*STAGES, "pair_ready", *LAGS):
                 _put(stages, stage, summarize([st[stage] for s in ok for st in s.stages if stage in st]))
             figures["stages_s"][backend][key] = stages
             figures["stage_share"][backend][key] = stage_share(stages)
@@ -263,6 +265,23 @@ def format_table(results: Mapping[str, Any]) -> str:
                 if s in by_n[n]
             ]
             lines.append(f"  N={n:>2}: " + " | ".join(parts))
+    lag_rows = [
+        (backend, n, stages)
+        for backend, by_n in figures.get("stages_s", {}).items()
+        for n, stages in sorted(by_n.items(), key=lambda kv: int(kv[0]))
+        if any(lag in stages for lag in LAGS)
+    ]
+    if lag_rows:
+        lines.append(
+            "readiness detection lag: harness noticed minus the part's own log line (p50 / max seconds):"
+        )
+        for backend, n, stages in lag_rows:
+            cells = [
+                f"{lag[4:]} {stages[lag]['p50']:.3f}/{stages[lag]['max']:.3f}"
+                for lag in LAGS
+                if lag in stages
+            ]
+            lines.append(f"  {backend} N={n:>2}: " + " | ".join(cells))
     for backend, by_n in figures.get("teardown_parts_s", {}).items():
         if not by_n:
             continue

@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from bench.measure import (
+    LogWatcher,
     ProgressClock,
     RigSample,
     _deaths,
     _start_interruptibly,
     _wrap_stop,
+    detection_lags,
     failed_tests,
     measure_convergence,
     parse_durations,
@@ -220,3 +223,48 @@ def test_deaths_name_the_parts_that_ended() -> None:
         Pair("evse-x-1", Part("killed by SIGKILL"), None, Part(None)),
     ]
     assert _deaths(rig) == ["evse-x-1 firmware: killed by SIGKILL"]
+
+
+def test_detection_lags_compare_the_harness_stamps_with_the_logs() -> None:
+    timings = {"emulator": 0.20, "bridge": 0.25, "ready": 0.60}
+    # pair start at 10.0; emulator ready line seen at 10.15, banner seen at 10.40, HTTP up said at 10.45
+    lags = detection_lags(timings, 10.20, 10.45, emulator_seen=10.15, firmware_seen=10.40)
+    assert lags == pytest.approx({"lag_emulator": 0.05, "lag_firmware_http": 0.05})
+    assert detection_lags(timings, None, 10.45, 10.15, 10.40) == {}
+    assert detection_lags(timings, 10.20, None, None, 10.40) == {}
+
+
+def test_log_watcher_notes_each_line_once(tmp_path: Path) -> None:
+    @dataclass
+    class Pair:
+        name: str
+        run_dir: Path
+
+    @dataclass
+    class Rig:
+        pairs: list[Pair]
+
+    ticks = iter(float(t) for t in range(1, 100))
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir()
+    b.mkdir()
+    watcher = LogWatcher(Rig([Pair("a", a), Pair("b", b)]), clock=lambda: next(ticks))
+    (a / "emulator.log").write_text('# harness start\n{"event": "ready", "web_port": 1}\n')
+    assert not watcher.scan()
+    assert watcher.seen == {("a", "emulator"): 1.0}
+    (a / "firmware.log").write_text("booting\nServer started\n")
+    (b / "emulator.log").write_text('{"event": "ready"}\n')
+    (b / "firmware.log").write_text("Server started\n")
+    assert watcher.scan()
+    assert watcher.seen[("a", "emulator")] == 1.0  # not stamped again
+    assert set(watcher.seen) == {("a", "emulator"), ("a", "firmware"), ("b", "emulator"), ("b", "firmware")}
+
+
+def test_log_watcher_thread_stops(tmp_path: Path) -> None:
+    @dataclass
+    class Rig:
+        pairs: list[Any]
+
+    watcher = LogWatcher(Rig([]), interval=0.001).start()
+    watcher.stop()
+    assert watcher.seen == {}
