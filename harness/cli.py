@@ -91,11 +91,12 @@ def _table(summary: dict[str, Any]) -> str:
 
 
 def cmd_up(args: argparse.Namespace) -> int:
+    if args.n < 1:
+        _err("harness up: N must be at least 1")
+        return 2
     settings = _settings(args)
     if settings.is_stand_in:
         _err("!!! firmware: " + settings.firmware_description())
-    if settings.resolved_bridge() == "python" and settings.bridge == "auto":
-        _err("warning: socat not found; using the built-in Python bridge")
     stopper = _Stopper()
     previous = {s: signal.signal(s, stopper) for s in EXIT_SIGNAL}
     try:

@@ -11,6 +11,7 @@ import os
 import sys
 import threading
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -23,6 +24,10 @@ from harness.pair import Aborted, Pair, Progress
 from harness.ports import PortAllocator
 from harness.runstate import SessionState
 from harness.settings import Settings
+
+
+class HarnessWarning(UserWarning):
+    """Something works, but not the way it should on a well-prepared machine."""
 
 
 class RigStartError(HarnessError):
@@ -101,6 +106,11 @@ class Rig:
     def start(self) -> Rig:
         t0 = time.monotonic()
         self.settings.check()
+        if self.settings.bridge == "auto" and self.settings.resolved_bridge() == "python":
+            message = "socat not found: using the built-in Python bridge (apt-get install socat)"
+            warnings.warn(message, HarnessWarning, stacklevel=2)
+            if self._progress is not None:
+                self._progress(f"warning: {message}")
         self.state = SessionState(self.settings.run_root, self.session, argv=list(sys.argv), kind=self.kind)
         self.ports = PortAllocator(
             self.settings.port_lock_dir,

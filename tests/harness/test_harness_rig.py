@@ -10,7 +10,7 @@ import pytest
 
 from conftest import poll, process_gone
 from harness.errors import ProcessDied, ReadinessTimeout
-from harness.rig import Rig, RigStartError
+from harness.rig import HarnessWarning, Rig, RigStartError
 from harness.runstate import proc_start_time
 from harness.settings import Settings
 
@@ -267,3 +267,14 @@ def test_evse_link_timeout_names_stage_elapsed_last_error_and_all_logs(
     assert "silent emulator: RAPI client connected" in text
     assert rig.state is not None
     assert not rig.state.dir.exists()
+
+
+def test_without_socat_the_python_bridge_is_used_with_a_warning(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PATH", str(Path(sys.executable).parent))  # a machine without socat
+    assert settings.resolved_bridge() == "python"
+    with pytest.warns(HarnessWarning, match="socat not found"), Rig(settings, 1) as rig:
+        assert rig[0].bridge is not None
+        assert rig[0].bridge.kind == "python"
+        assert rig[0].api.get_json("/status")["state"] != 0
