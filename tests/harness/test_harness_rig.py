@@ -274,7 +274,12 @@ def test_without_socat_the_python_bridge_is_used_with_a_warning(
 ) -> None:
     monkeypatch.setenv("PATH", str(Path(sys.executable).parent))  # a machine without socat
     assert settings.resolved_bridge() == "python"
-    with pytest.warns(HarnessWarning, match="socat not found"), Rig(settings, 1) as rig:
+    rig = Rig(settings, 1)
+    with pytest.warns(HarnessWarning, match="socat not found"):
+        rig.start()
+    try:
         assert rig[0].bridge is not None
         assert rig[0].bridge.kind == "python"
         assert rig[0].api.get_json("/status")["state"] != 0
+    finally:
+        rig.close()
