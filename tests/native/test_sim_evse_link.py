@@ -116,3 +116,21 @@ def test_claim_seam_sends_fs_fe_and_volatile_pilot(evse_factory: Callable[[str],
     assert awake == 1
     assert pilot == 80  # the emulator's hardware max, reported by $NK
     assert clamped_ok is False
+
+
+def test_status_post_live_inputs_and_405(sim_factory: Callable[..., Sim]) -> None:
+    import requests
+
+    sim = sim_factory("a")
+    response = sim.post("/status", {"voltage": 230, "solar": 1200, "grid_ie": -300, "battery_level": 50})
+    assert (response.status_code, response.json()) == (200, {"msg": "done"})
+    doc = status(sim)
+    assert (doc["voltage"], doc["solar"], doc["grid_ie"]) == (230.0, 1200, -300)
+    assert "battery_level" not in doc  # only with vehicle_data_src 3 (§7.1)
+    assert sim.post("/config", {"vehicle_data_src": 3}).status_code == 200
+    assert sim.post("/status", {"battery_level": 50}).status_code == 200
+    assert status(sim)["battery_level"] == 50
+    assert sim.post("/status", data=b"{").json() == {"msg": "Could not parse JSON"}
+    for method in ("PUT", "DELETE", "OPTIONS"):
+        other = requests.request(method, sim.base + "/status", timeout=5)
+        assert (other.status_code, other.json()) == (405, {"msg": "Method not allowed"})
