@@ -263,25 +263,23 @@ def restart_firmware(pair: Pair, *, kill: bool = False) -> Pair:
     return pair
 
 
-def _process_emulator(pair: Pair) -> Any:
-    emulator = pair.emulator
-    proc = getattr(emulator, "proc", None)
-    if emulator is None or proc is None:
+def _process_emulator(emulator: Any) -> Any:
+    if emulator is None or getattr(emulator, "proc", None) is None:
         raise FaultError(
-            f"[{pair.name}] emulator stop/restart needs the process backend "
-            f"(got {emulator.describe() if emulator else 'none'}); unset HARNESS_EMULATOR"
+            f"emulator stop/restart needs the process backend (got "
+            f"{emulator.describe() if emulator is not None else 'none'}); unset HARNESS_EMULATOR"
         )
     return emulator
 
 
-def stop_emulator(pair: Pair, *, kill: bool = False, timeout: float = 5.0) -> None:
-    """Stop (SIGTERM) or kill (SIGKILL) the emulator; the bridge and firmware stay up."""
-    emulator = _process_emulator(pair)
+def stop_emulator(emulator: Any, *, kill: bool = False, timeout: float = 5.0) -> None:
+    """Stop (SIGTERM) or kill (SIGKILL) a process emulator; bridge and firmware stay up."""
+    handle = _process_emulator(emulator)
     if kill:
-        emulator.proc.signal_group(signal.SIGKILL)
-        _reap(emulator.proc, timeout, f"[{pair.name}] emulator")
+        handle.proc.signal_group(signal.SIGKILL)
+        _reap(handle.proc, timeout, f"[{handle.spec.instance}] emulator")
     else:
-        emulator.proc.stop(timeout)
+        handle.proc.stop(timeout)
 
 
 def _with_port(argv: list[str], flag: str, port: int) -> list[str]:
@@ -293,36 +291,39 @@ def _with_port(argv: list[str], flag: str, port: int) -> list[str]:
     return out
 
 
-def start_emulator(pair: Pair, timeout: float | None = None) -> None:
-    """Start a stopped emulator again on the same ports (the bridge reconnects by itself
-    and ``pair.emulator_url`` stays valid); returns once its control API answers."""
+def start_emulator(emulator: Any, timeout: float | None = None) -> None:
+    """Start a stopped process emulator again on the same ports, so the bridge reconnects
+    by itself and ``pair.emulator_url`` stays valid; returns once its control API answers."""
     from harness.emulators.process import _api_status_ok, find_ready_line
     from harness.waiting import wait_until
 
-    emulator = _process_emulator(pair)
-    proc = emulator.proc
+    handle = _process_emulator(emulator)
+    proc = handle.proc
+    name = handle.spec.instance
     if proc.running():
-        raise FaultError(f"[{pair.name}] emulator is already running (pid {proc.pid})")
-    web, rapi = emulator.web_port, emulator.rapi_port
-    if pair.settings.emulator_is_ours:  # it was started on port 0: pin what it got
+        raise FaultError(f"[{name}] emulator is already running (pid {proc.pid})")
+    web, rapi = handle.web_port, handle.rapi_port
+    # Ours printed a ready line (it was started on port 0): pin the ports it got.
+    ours = find_ready_line(proc.log_since_start()) is not None
+    if ours:
         proc.argv = _with_port(_with_port(proc.argv, "--serial-tcp-port", rapi), "--web-port", web)
-    limit = timeout if timeout is not None else pair.settings.emulator_timeout
+    limit = timeout if timeout is not None else handle.spec.startup_timeout
     proc.start()
-    if pair.settings.emulator_is_ours:
+    if ours:
         ready = wait_until(
             lambda _r: find_ready_line(proc.log_since_start()),
-            instance=pair.name,
+            instance=name,
             what="restarted emulator ready line",
             timeout=limit,
             alive=proc.alive,
             log_tail=proc.log_tail,
         )
         if (int(ready["web_port"]), int(ready["rapi_port"])) != (web, rapi):
-            raise FaultError(f"[{pair.name}] emulator came back on other ports: {ready}")
+            raise FaultError(f"[{name}] emulator came back on other ports: {ready}")
     wait_until(
-        lambda remaining: _api_status_ok(emulator.web_url, remaining),
-        instance=pair.name,
-        what=f"restarted emulator GET {emulator.web_url}/api/status",
+        lambda remaining: _api_status_ok(handle.web_url, remaining),
+        instance=name,
+        what=f"restarted emulator GET {handle.web_url}/api/status",
         timeout=limit,
         alive=proc.alive,
         log_tail=proc.log_tail,
@@ -330,25 +331,30 @@ def start_emulator(pair: Pair, timeout: float | None = None) -> None:
 
 
 @contextlib.contextmanager
-def emulator_stopped(pair: Pair, *, kill: bool = False) -> Iterator[Pair]:
-    """The EVSE controller is gone inside the block (firmware commands time out) and back,
-    on the same ports, after it; being a fresh controller it sends ``$AB`` (evse.md §1)."""
-    stop_emulator(pair, kill=kill)
+def emulator_stopped(emulator: Any, *, kill: bool = False) -> Iterator[Any]:
+    """The EVSE controller is gone inside the block (the firmware's commands time out) and
+    back on the same ports after it; a fresh controller sends ``$AB`` (evse.md §1)."""
+    stop_emulator(emulator, kill=kill)
     try:
-        yield pair
+        yield emulator
     finally:
-        start_emulator(pair)
+        start_emulator(emulator)
 
 
-def restart_emulator(pair: Pair, *, kill: bool = False) -> Pair:
-    with emulator_stopped(pair, kill=kill):
+def restart_emulator(emulator: Any, *, kill: bool = False) -> None:
+    with emulator_stopped(emulator, kill=kill):
         pass
-    return pair
 
 
-def reboot_emulator(pair: Pair) -> None:
+def reboot_emulator(emulator: Any, timeout: float = 5.0) -> None:
     """Controller reboot through the control API: ``$AB`` to the firmware (evse.md §6),
-    which re-runs its boot reads (firmware.md §6.1, §6.2)."""
-    resp = pair.emulator_api.post("/api/evse/reset", json={})
+    which re-runs its boot reads (firmware.md §6.1, §6.2). Any backend."""
+    from harness.http import Api
+
+    api = Api(emulator.web_url, timeout=timeout)
+    try:
+        resp = api.post("/api/evse/reset", json={})
+    finally:
+        api.close()
     if resp.status_code != 200:
-        raise FaultError(f"[{pair.name}] POST /api/evse/reset: HTTP {resp.status_code} {resp.text[:200]}")
+        raise FaultError(f"POST {emulator.web_url}/api/evse/reset: HTTP {resp.status_code} {resp.text[:200]}")

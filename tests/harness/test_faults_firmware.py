@@ -1,0 +1,387 @@
+"""Faults against a real firmware process (the stand-in by default) through the harness:
+Rig/Pair with the faultable python bridge, the emulator process, the RAPI trace.
+
+Each test asserts two things: that the fault was really applied (seen on the wire in the
+trace, or by the EVSE through its own API/trace), and what a correct firmware does about it
+(firmware.md §3, §6; evse.md §1). Every wait polls with a deadline."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+import requests
+
+from harness import faults
+from harness.fault_bridge import FaultBridge
+from harness.pair import Pair
+from harness.rig import Rig
+from harness.settings import Settings
+from harness.trace import EVSE_TO_FW, FW_TO_EVSE, TraceEntry, frames, read_trace, reply_gaps
+from harness.waiting import NotYet, wait_until
+
+T = TypeVar("T")
+
+RAPI_TIMEOUT = 0.5  # firmware.md §6.1
+DELAY_MS = 600
+HEARTBEAT_TIMEOUT = 5  # the smallest accepted value (firmware.md §4.1)
+# §6.2: with the heartbeat enabled the firmware pulses `$SY` every 1 s, so a few seconds
+# always carry traffic; state changes reach it as `$AT` at once (evse.md §1).
+TRAFFIC_DEADLINE = 10.0
+BOOT_READS = ["GF", "GE", "GC", "GA", "GI", "GI"]  # firmware.md §6.2, after connect / `$AB`
+
+
+def eventually(check: Callable[[], T], what: str, timeout: float = TRAFFIC_DEADLINE) -> T:
+    """Poll until ``check`` returns without an AssertionError/NotYet/HTTP error."""
+
+    def attempt(_: float) -> tuple[T]:
+        try:
+            return (check(),)  # a tuple: a check returning None or False still counts as done
+        except AssertionError as exc:
+            raise NotYet(str(exc) or "assertion failed") from exc
+
+    return wait_until(
+        attempt,
+        instance="test",
+        what=what,
+        timeout=timeout,
+        transient=(NotYet, requests.RequestException, ValueError, OSError),
+    )[0]
+
+
+def _assert(condition: bool) -> None:
+    assert condition
+
+
+@pytest.fixture
+def fault_rig(
+    settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Callable[[int], Rig]]:
+    rigs: list[Rig] = []
+    if not hasattr(Pair, "serial"):  # TEMPORARY until the core wiring lands
+
+        def make_bridge(self: Pair, emulator: Any) -> FaultBridge:
+            return FaultBridge(
+                instance=self.name,
+                link=self.pty_path,
+                rapi_host=emulator.rapi_host,
+                rapi_port=emulator.rapi_port,
+                log_path=self.run_dir / "bridge.log",
+                trace_path=self.run_dir / "bridge-trace.jsonl",
+            )
+
+        monkeypatch.setattr(Pair, "_make_bridge", make_bridge)
+        monkeypatch.setattr(Pair, "serial", property(lambda self: self.bridge), raising=False)
+
+    def make(n: int) -> Rig:
+        rig = Rig(settings.with_(bridge="python"), n, workdir=tmp_path / f"rig{len(rigs)}")
+        rigs.append(rig)
+        return rig.start()
+
+    try:
+        yield make
+    finally:
+        for rig in rigs:
+            rig.close()
+
+
+def serial(pair: Pair) -> FaultBridge:
+    bridge = pair.serial  # type: ignore[attr-defined]  # TEMPORARY until the core wiring
+    assert isinstance(bridge, FaultBridge)
+    return bridge
+
+
+def trace(pair: Pair) -> list[TraceEntry]:
+    path = serial(pair).trace_path
+    assert path is not None
+    return read_trace(path)
+
+
+def emulator_trace(pair: Pair) -> list[TraceEntry]:
+    """The EVSE's own record (its ``--trace``): what it received and sent."""
+    assert pair.emulator is not None
+    path = pair.emulator.spec.trace_path
+    assert path is not None
+    return read_trace(path)
+
+
+def status(pair: Pair) -> dict[str, Any]:
+    result: dict[str, Any] = pair.api.get_json("/status")
+    return result
+
+
+def evse_status(pair: Pair) -> dict[str, Any]:
+    result: dict[str, Any] = pair.emulator_api.get_json("/api/evse/status")
+    return result
+
+
+def failures(pair: Pair) -> int:
+    """Commands the firmware sent that did not succeed (`comm_sent - comm_success`, §7.1);
+    the smallest of three reads, so a command in flight during one read does not count."""
+    reads = [status(pair) for _ in range(3)]
+    return min(int(r["comm_sent"]) - int(r["comm_success"]) for r in reads)
+
+
+def plug_in_is_seen(pair: Pair) -> None:
+    """The car is connected at the EVSE and the firmware reports it (`$AT`, §7.1)."""
+    assert pair.emulator_api.post("/api/ev/connect", json={}).status_code == 200
+
+    def seen() -> None:
+        st = status(pair)
+        assert (st["vehicle"], st["state"]) == (1, 2), {k: st[k] for k in ("vehicle", "state")}
+
+    eventually(seen, "the firmware sees the car plugged in")
+
+
+def answered_again(pair: Pair, since: float) -> None:
+    """A command after ``since`` got a reply in time on the wire, and the firmware counted a
+    success (`comm_success`, §7.1)."""
+    before = status(pair)["comm_success"]
+
+    def ok() -> None:
+        gaps = [g for _, g in reply_gaps(trace(pair), since=since)]
+        assert any(g < RAPI_TIMEOUT for g in gaps), f"no in-time reply since the fault ended: {gaps}"
+        assert status(pair)["comm_success"] > before
+
+    eventually(ok, "commands answered in time again")
+
+
+def test_late_reply_is_a_timeout_and_the_next_command_works(fault_rig: Callable[[int], Rig]) -> None:
+    """firmware.md §6.1: a reply later than 500 ms is a timeout and the next command is sent.
+    The delay is measured on the wire: command → reply in the bridge's trace."""
+    pair = fault_rig(1)[0]
+    with serial(pair).fault(delay_ms=DELAY_MS) as f:
+        on = time.monotonic()
+
+        def late_reply_on_the_wire() -> float:
+            gaps = reply_gaps(trace(pair), since=on)
+            assert gaps, "no reply delivered yet"
+            return gaps[-1][1]
+
+        gap = eventually(late_reply_on_the_wire, "a delayed reply in the trace")
+        assert gap >= DELAY_MS / 1000, f"reply reached the firmware {gap:.3f}s after its command"
+        sent = status(pair)["comm_sent"]
+        eventually(
+            lambda: _assert(status(pair)["comm_sent"] >= sent + 2), "the firmware keeps sending commands"
+        )
+        late = [g for _, g in reply_gaps(trace(pair), since=on)]
+        assert min(late) >= RAPI_TIMEOUT, f"a reply arrived in time while delayed: {late}"
+    assert f.counts["delayed"] >= 2
+    off = time.monotonic()
+    answered_again(pair, off)
+    plug_in_is_seen(pair)
+
+
+def test_link_drop_then_recovery(fault_rig: Callable[[int], Rig]) -> None:
+    """The TCP side refuses (the EVSE sees its client gone): every command the firmware sends
+    is lost, so none succeeds; after reconnecting, commands succeed again and the firmware
+    reports the link (`rapi_connected`, §7.1) and follows the car."""
+    pair = fault_rig(1)[0]
+    assert status(pair)["rapi_connected"] == 1
+    with serial(pair).fault(refuse=True) as f:
+        eventually(
+            lambda: _assert(evse_status(pair)["rapi_client_connected"] is False), "the EVSE sees no client"
+        )
+        before = status(pair)
+        f.wait(timeout=TRAFFIC_DEADLINE, disconnected=2)
+        during = status(pair)
+        assert during["comm_sent"] >= before["comm_sent"] + 2, (before["comm_sent"], during["comm_sent"])
+        assert during["comm_success"] == before["comm_success"], "a command succeeded over a dead link"
+        lost = [e for e in trace(pair) if e.get("fault") == "disconnected"]
+        assert len(lost) >= 2
+        assert all(e["dir"] == FW_TO_EVSE for e in lost)
+    assert evse_status(pair)["rapi_client_connected"] is True
+    answered_again(pair, time.monotonic())
+    assert status(pair)["rapi_connected"] == 1
+    plug_in_is_seen(pair)
+
+
+def test_disconnect_blip_reconnects_at_once(fault_rig: Callable[[int], Rig]) -> None:
+    pair = fault_rig(1)[0]
+    bridge = serial(pair)
+    assert bridge.connects == 1
+    bridge.disconnect()
+    bridge.wait_connected()
+    assert bridge.connects == 2
+    events = [e["event"] for e in trace(pair) if e.get("event", "").startswith("tcp")]
+    assert events[-3:] == ["tcp-connected", "tcp-closed", "tcp-connected"]
+    assert pair.emulator is not None
+    log = pair.emulator.log_path.read_text()
+    assert log.count("RAPI client connected") == 2, "the EVSE did not see a second connection"
+    answered_again(pair, time.monotonic())
+
+
+def test_stall_the_evse_hears_but_never_answers(fault_rig: Callable[[int], Rig]) -> None:
+    pair = fault_rig(1)[0]
+    with serial(pair).fault(stall=True) as f:
+        on = time.monotonic()
+        before = status(pair)
+        f.wait(timeout=TRAFFIC_DEADLINE, stalled=2)
+        during = status(pair)
+        assert during["comm_success"] == before["comm_success"], "a reply got through a stall"
+        assert during["comm_sent"] > before["comm_sent"]
+        heard = frames(emulator_trace(pair), direction=FW_TO_EVSE, since=on)
+        answered = frames(emulator_trace(pair), direction=EVSE_TO_FW, since=on)
+        assert heard, "commands did not reach the EVSE"
+        assert answered, "the EVSE did not answer"
+        got = frames(trace(pair), direction=EVSE_TO_FW, since=on, delivered=True)
+        assert got == [], f"frames reached the firmware during a stall: {got}"
+    answered_again(pair, time.monotonic())
+
+
+def test_dropped_reply_is_missing_and_the_next_command_works(fault_rig: Callable[[int], Rig]) -> None:
+    pair = fault_rig(1)[0]
+    failed = failures(pair)
+    with serial(pair).fault(drop=1, direction=EVSE_TO_FW) as f:
+        f.wait(timeout=TRAFFIC_DEADLINE, dropped=1)
+    eventually(lambda: _assert(failures(pair) == failed + 1), "the firmware saw one command fail")
+    (dropped,) = [e for e in trace(pair) if e.get("fault") == "dropped"]
+    sent = [e for e in frames(emulator_trace(pair), direction=EVSE_TO_FW) if e["raw"] == dropped["raw"]]
+    assert any(abs(e["t"] - dropped["t"]) < 0.1 for e in sent), "the EVSE never sent the dropped frame"
+    answered_again(pair, time.monotonic())
+
+
+def test_dropped_command_never_reaches_the_evse(fault_rig: Callable[[int], Rig]) -> None:
+    pair = fault_rig(1)[0]
+    with serial(pair).fault(drop=2, direction=FW_TO_EVSE) as f:
+        f.wait(timeout=TRAFFIC_DEADLINE, dropped=2)
+
+    def counts_agree() -> None:
+        ours = frames(trace(pair), direction=FW_TO_EVSE)
+        delivered = [e for e in ours if e.get("fault") is None]
+        heard = frames(emulator_trace(pair), direction=FW_TO_EVSE)
+        assert len(ours) == len(delivered) + 2
+        assert len(heard) == len(delivered), (len(heard), len(delivered))
+
+    eventually(counts_agree, "the EVSE heard every command but the two dropped")
+    answered_again(pair, time.monotonic())
+
+
+def test_corrupted_checksums_are_flagged_in_the_trace(fault_rig: Callable[[int], Rig]) -> None:
+    """evse.md §1: a command with a bad checksum gets `$NK`; a reply with one is invalid to
+    the firmware (firmware.md §6.1). Both show in the trace as ``checksum_ok: false``."""
+    pair = fault_rig(1)[0]
+    with serial(pair).fault(corrupt=1, direction=FW_TO_EVSE) as f:
+        f.wait(timeout=TRAFFIC_DEADLINE, corrupted=1)
+    (bad_cmd,) = [e for e in trace(pair) if e.get("fault") == "corrupted"]
+    assert (bad_cmd["dir"], bad_cmd["checksum_ok"]) == (FW_TO_EVSE, False)
+
+    def evse_refused_it() -> None:
+        heard = [e for e in emulator_trace(pair) if e["dir"] == FW_TO_EVSE and e["raw"] == bad_cmd["raw"]]
+        assert heard, "the EVSE never got the corrupted command"
+        assert heard[-1]["checksum_ok"] is False
+        answer = [e for e in trace(pair) if e.get("reply_to") and e.get("cmd_t") == bad_cmd["t"]]
+        assert answer, "no reply to the corrupted command yet"
+        assert answer[0]["command"] == "NK"
+
+    eventually(evse_refused_it, "the EVSE answers the corrupted command with $NK")
+    failed = failures(pair)
+    with serial(pair).fault(corrupt=1, direction=EVSE_TO_FW) as g:
+        g.wait(timeout=TRAFFIC_DEADLINE, corrupted=1)
+    bad_reply = [e for e in trace(pair) if e.get("fault") == "corrupted"][-1]
+    assert (bad_reply["dir"], bad_reply["checksum_ok"]) == (EVSE_TO_FW, False)
+    eventually(lambda: _assert(failures(pair) == failed + 1), "the firmware rejected the corrupted reply")
+    answered_again(pair, time.monotonic())
+
+
+def test_controller_reboot_repeats_the_boot_reads(fault_rig: Callable[[int], Rig]) -> None:
+    """evse.md §1, firmware.md §6.1/§6.2: after `$AB` the firmware re-runs its boot reads."""
+    pair = fault_rig(1)[0]
+    assert pair.emulator is not None
+    before = time.monotonic()  # the boot's own `$AB` and reads came earlier
+    faults.reboot_emulator(pair.emulator)
+    find_boot_reads_after_ab(pair, since=before)
+
+
+def find_boot_reads_after_ab(pair: Pair, since: float) -> None:
+    def boot_reads() -> None:
+        entries = trace(pair)
+        abs_ = frames(entries, direction=EVSE_TO_FW, command="AB", since=since, delivered=True)
+        assert abs_, "no $AB reached the firmware"
+        after = [e["command"] for e in frames(entries, direction=FW_TO_EVSE, since=abs_[-1]["t"])]
+        it = iter(after)
+        missing = [c for c in BOOT_READS if c not in it]  # subsequence, in order
+        assert not missing, f"boot reads after $AB: {after}"
+
+    eventually(boot_reads, "boot reads after $AB")
+
+
+def test_emulator_stopped_and_back(fault_rig: Callable[[int], Rig]) -> None:
+    """The controller vanishes (SIGKILL) and comes back on the same port: the bridge
+    reconnects, the new controller's `$AB` makes the firmware re-read, commands succeed."""
+    pair = fault_rig(1)[0]
+    assert pair.emulator is not None
+    url = pair.emulator_url
+    with faults.emulator_stopped(pair.emulator, kill=True):
+        off = time.monotonic()
+        before = status(pair)
+        eventually(lambda: _assert(not serial(pair).connected), "the bridge sees the EVSE gone")
+        eventually(
+            lambda: _assert(status(pair)["comm_sent"] >= before["comm_sent"] + 2), "commands keep going"
+        )
+        assert status(pair)["comm_success"] == before["comm_success"]
+    assert pair.emulator_url == url
+    find_boot_reads_after_ab(pair, since=off)
+    answered_again(pair, time.monotonic())
+    plug_in_is_seen(pair)
+
+
+def test_firmware_killed_and_restarted(fault_rig: Callable[[int], Rig]) -> None:
+    pair = fault_rig(1)[0]
+    assert pair.firmware is not None
+    old_pid = pair.firmware.pid
+    link = pair.pty_path.resolve()
+    with faults.firmware_stopped(pair, kill=True):
+        assert pair.firmware.proc is not None
+        assert pair.firmware.proc.returncode == -9
+        with pytest.raises(requests.ConnectionError):
+            pair.api.get("/status", timeout=1.0)
+        back = time.monotonic()
+    assert pair.firmware.pid != old_pid
+    assert pair.pty_path.resolve() == link  # the same PTY, never closed (firmware.md §5.4)
+    assert status(pair)["state"] != 0
+    answered_again(pair, back)
+
+
+def ls_row(unit: Pair, peer: Pair) -> dict[str, Any]:
+    st = unit.api.get_json("/loadsharing/status")
+    host = f"localhost:{peer.firmware_port}"
+    rows = [r for r in st["peers"] if r.get("id") == peer.long_id or r.get("host") == host]
+    joined = [r for r in rows if r.get("joined") is True]
+    assert joined, f"no joined row for {peer.name} in {st['peers']}"
+    row: dict[str, Any] = joined[0]
+    return row
+
+
+def test_peer_killed_mid_poll_goes_offline_and_returns(fault_rig: Callable[[int], Rig]) -> None:
+    """firmware.md §3.2/§3.3: a joined peer is online iff a status no older than
+    ``loadsharing_heartbeat_timeout`` was received; the poller loop runs every 0.5 s."""
+    rig = fault_rig(2)
+    unit, peer = rig[0], rig[1]
+    assert unit.api.post("/config", json={"loadsharing_heartbeat_timeout": HEARTBEAT_TIMEOUT}).ok
+    resp = unit.api.post("/loadsharing/peers", json={"host": f"localhost:{peer.firmware_port}"})
+    assert resp.status_code in (200, 201), resp.text
+
+    def online() -> None:
+        row = ls_row(unit, peer)
+        assert row["online"] is True, row
+        assert isinstance(row.get("status"), dict), row
+
+    eventually(online, "the peer online and polled", timeout=20.0)
+    killed = time.monotonic()
+    faults.kill_firmware(peer)
+
+    def offline() -> float:
+        row = ls_row(unit, peer)
+        assert row["online"] is False, row
+        return time.monotonic() - killed
+
+    took = eventually(offline, "the killed peer offline", timeout=HEARTBEAT_TIMEOUT + 5.0)
+    assert took <= HEARTBEAT_TIMEOUT + 0.5 + 0.5, f"offline only {took:.2f}s after the kill"
+    peer.start_firmware()
+    down_for = time.monotonic() - killed
+    # §3.2: retries back off 1 s * 2^n, so the next attempt comes within about down_for + 1 s.
+    eventually(online, "the peer online again after restart", timeout=down_for + 1.0 + 10.0)
