@@ -252,6 +252,30 @@ def test_cli_errors_exit_1(tmp_path: Path, args: list[str], needle: str) -> None
     assert "Server started" not in result.stdout
 
 
+def test_rapi_serial_port_env_is_the_default_path(tmp_path: Path) -> None:
+    from tests.native.conftest import free_port, poll, stop_process
+
+    port = free_port()
+    env = os.environ.copy()
+    env["RAPI_SERIAL_PORT"] = str(tmp_path / "from-env-pty")
+    err = tmp_path / "err.log"
+    with (tmp_path / "out.log").open("wb") as stdout, err.open("wb") as stderr:
+        proc = subprocess.Popen(
+            [sys.executable, str(LAUNCHER), "--set-config", f"www_http_port={port}"],
+            cwd=tmp_path,
+            env=env,
+            stdout=stdout,
+            stderr=stderr,
+            stdin=subprocess.DEVNULL,
+        )
+    try:
+        text = poll(lambda: "Failed to open PTY port" in err.read_text() and err.read_text(), 15, "PTY error")
+        assert str(tmp_path / "from-env-pty") in text
+        assert "Set RAPI serial path" not in text  # only the flag prints that (§5.2)
+    finally:
+        stop_process(proc)
+
+
 def test_unknown_flag_is_reported_after_config_load(tmp_path: Path) -> None:
     result = run_cli(tmp_path, "--set-config", "loadsharing_priority=2", "--bogus")
     assert result.returncode == 1

@@ -378,3 +378,20 @@ def test_status_document_shape(sim: Sim) -> None:
         response = raw_request(sim, method, "/loadsharing/status")
         assert response.status_code == 405
         assert body_msg(response) == "Method not allowed"
+
+
+def test_adding_a_discovered_entry_flips_it_to_joined(sim_factory: Callable[..., Sim]) -> None:
+    """§1.3 side effect: an existing (discovered) row with that host becomes joined, no new row."""
+    a, b = sim_factory("a"), sim_factory("b")
+    a.post("/loadsharing/discover")
+    row = poll(lambda: next((r for r in a.peers() if r["id"] == b.long_id), None), 10, "B discovered by A")
+    assert row["joined"] is False
+    count = len(a.peers())
+    response = a.post("/loadsharing/peers", {"host": row["host"], "reciprocal": False})
+    assert body_msg(response) == "done"
+    rows = [r for r in a.peers() if r["id"] == b.long_id]
+    assert len(rows) == 1
+    assert rows[0]["joined"] is True
+    assert len(a.peers()) == count
+    stored = json.loads((a.cwd / "epoxyfsdata" / "loadsharing_peers.json").read_text())
+    assert stored == {"peers": [{"id": b.long_id, "host": rows[0]["host"]}]}
