@@ -18,7 +18,6 @@ from openevse_sim.identity import DEFAULT_CHIP_ID, Identity, identity_from_chip_
 
 if TYPE_CHECKING:
     from openevse_sim.discovery import Discovery
-    from openevse_sim.poller import Poller
 
 SHUTDOWN_BUDGET = 0.8
 
@@ -148,7 +147,7 @@ async def run(opts: CliOptions, env: dict[str, str], started: float) -> int:
     from openevse_sim.discovery import Discovery
     from openevse_sim.poller import Poller
 
-    poller: Poller = Poller(peers, config, outbound)
+    poller = Poller(peers, config, outbound)
     poller.start()
     discovery = Discovery(config, identity, peers, interfaces, env)
     discovery_box.append(discovery)
@@ -161,45 +160,21 @@ async def run(opts: CliOptions, env: dict[str, str], started: float) -> int:
     console.start()
 
     await stop.wait()
-    console.stop()
-    await shutdown(runner, api, evse, rapi, poller, discovery, outbound)
-    return 0
 
-
-async def shutdown(
-    runner: object,
-    api: object,
-    evse: object,
-    rapi: object,
-    poller: Poller,
-    discovery: Discovery,
-    outbound: object,
-) -> None:
-    """Stop within SHUTDOWN_BUDGET: mDNS goodbye first, then sockets."""
-    from aiohttp import web
-
-    from openevse_sim.evse import Evse
-    from openevse_sim.http_api import Api
-    from openevse_sim.outbound import Outbound
-    from openevse_sim.rapi import RapiClient
-
-    assert isinstance(runner, web.AppRunner)
-    assert isinstance(api, Api)
-    assert isinstance(evse, Evse)
-    assert isinstance(rapi, RapiClient)
-    assert isinstance(outbound, Outbound)
-
-    async def steps() -> None:
+    async def shutdown() -> None:
+        """mDNS goodbye first (peers drop us at once), then the EVSE link, peers and sockets."""
+        console.stop()
+        await discovery.stop()
         await evse.stop()
         rapi.close()
         await poller.stop()
         await api.close_websockets()
-        await discovery.stop()
         await runner.cleanup()
         await outbound.close()
 
     with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(steps(), SHUTDOWN_BUDGET)
+        await asyncio.wait_for(shutdown(), SHUTDOWN_BUDGET)
+    return 0
 
 
 def main_async(opts: CliOptions, started: float) -> int:

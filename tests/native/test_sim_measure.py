@@ -4,6 +4,7 @@ Each test prints its measurement (run with -s) and asserts the issue's target.""
 
 from __future__ import annotations
 
+import signal
 import statistics
 import time
 from collections.abc import Callable
@@ -65,9 +66,16 @@ def test_resident_memory_under_load(
         assert a.proc is not None
         assert b.proc is not None
         rss_a, rss_b = rss_mb(a.proc.pid), rss_mb(b.proc.pid)
+        # SIGTERM with everything busy (EVSE link, /ws client, poller, mDNS) still stops fast.
+        begin = time.monotonic()
+        a.proc.send_signal(signal.SIGTERM)
+        assert a.proc.wait(5) == 0
+        stop_time = time.monotonic() - begin
     finally:
         sock.close()
     print(f"resident memory: {rss_a:.1f} MB (EVSE link, peer, /ws, 400 requests), {rss_b:.1f} MB (idle peer)")
+    print(f"SIGTERM to exit with all of that running: {stop_time:.2f} s")
+    assert stop_time < 1.0
     assert rss_a <= RSS_TARGET_MB
     assert rss_b <= RSS_TARGET_MB
 
