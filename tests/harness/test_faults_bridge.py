@@ -1,5 +1,6 @@
-"""FaultBridge on a real PTY and real loopback TCP, with a minimal in-test EVSE (it answers
-every command with ``$OK <code>``) and the test playing the firmware on the PTY.
+"""FaultBridge (and the socat trace path) on a real PTY and real loopback TCP, with a
+minimal in-test EVSE (it answers every command with ``$OK <code>``) and the test playing the
+firmware on the PTY.
 
 Each fault is checked on both ends of the wire and in the trace, so a fault that is not
 actually applied fails its test."""
@@ -9,7 +10,9 @@ from __future__ import annotations
 import contextlib
 import os
 import selectors
+import shutil
 import socket
+import subprocess
 import threading
 import time
 import tty
@@ -19,7 +22,18 @@ from pathlib import Path
 import pytest
 
 from harness.fault_bridge import FaultBridge
-from harness.trace import EVSE_TO_FW, FW_TO_EVSE, checksum_ok, frames, read_trace, reply_gaps, xor_checksum
+from harness.procs import ManagedProcess
+from harness.trace import (
+    EVSE_TO_FW,
+    FW_TO_EVSE,
+    SocatDumpTracer,
+    checksum_ok,
+    frames,
+    read_trace,
+    reply_gaps,
+    socat_micro_in_nine,
+    xor_checksum,
+)
 from harness.waiting import NotYet, wait_until
 
 
@@ -317,3 +331,70 @@ def test_reconnects_when_the_evse_side_closes(link: tuple[FaultBridge, FakeEvse,
     until(lambda: evse.connections == 2, "the bridge reconnects")
     reply, _ = roundtrip(fw, "GS")
     assert reply == encode("$OK GS")
+
+
+# ---- the socat path of the trace: a real `socat -d -d -x`, its dump converted ----------------
+
+
+@pytest.mark.skipif(shutil.which("socat") is None, reason="socat is not installed")
+def test_socat_dump_becomes_the_rapi_trace(tmp_path: Path) -> None:
+    evse = FakeEvse()
+    link = tmp_path / "rapi.pty"
+    log = tmp_path / "bridge.log"
+    out = tmp_path / "rapi-trace.jsonl"
+    version = subprocess.run(["socat", "-V"], capture_output=True, text=True, check=True).stdout
+    proc = ManagedProcess(
+        "socat",
+        [
+            "socat",
+            "-d",
+            "-d",
+            "-x",
+            f"PTY,link={link},rawer,wait-slave,pty-interval=0.01",
+            f"TCP:127.0.0.1:{evse.port}",
+        ],
+        log_path=log,
+    )
+    tracer = SocatDumpTracer(log, out, micro_in_nine=socat_micro_in_nine(version))
+    fw: Firmware | None = None
+    try:
+        tracer.start()
+        proc.start()
+
+        def linked(_: float) -> bool:
+            if not link.is_symlink():
+                raise NotYet("no link yet")
+            return True
+
+        wait_until(linked, instance="t", what="socat link", timeout=5.0, alive=proc.alive)
+        fw = Firmware(link)
+        sent = fw.send("GS")
+        got = fw.read_frame(5.0)
+        assert got is not None
+        assert got[0] == encode("$OK GS")
+        evse.send(encode("$AT 02 02 32 0100"))
+        assert fw.read_frame(5.0) is not None
+
+        def traced(_: float) -> list[dict[str, object]]:
+            entries = read_trace(out)
+            if len(entries) < 3:
+                raise NotYet(f"{len(entries)} entries")
+            return entries
+
+        entries = wait_until(traced, instance="t", what="trace lines", timeout=5.0)
+    finally:
+        if fw is not None:
+            fw.close()
+        proc.stop()
+        tracer.stop()
+        evse.close()
+    assert [(e["dir"], e["command"], e["checksum_ok"]) for e in entries] == [
+        (FW_TO_EVSE, "GS", True),
+        (EVSE_TO_FW, "OK", True),
+        (EVSE_TO_FW, "AT", True),
+    ]
+    assert entries[1]["reply_to"] == "GS"
+    # socat's wall-clock stamps, converted to our monotonic clock, land where we sent it
+    t0, t1 = float(str(entries[0]["t"])), float(str(entries[1]["t"]))
+    assert abs(t0 - sent) < 0.25, (t0, sent)
+    assert t1 >= t0
