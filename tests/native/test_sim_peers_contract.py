@@ -6,7 +6,8 @@ import http.client
 import json
 import re
 import socket
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -284,32 +285,75 @@ def test_delete_local_device_is_400(sim: Sim) -> None:
         assert body_msg(response) == "Cannot remove local device from group"
 
 
-def test_delete_sends_config_reset_even_for_unknown_host(sim: Sim) -> None:
-    """A listening socket stands in for the peer: the reset POST arrives before the 404 (§1.4)."""
-    with socket.socket() as listener:
-        listener.bind(("127.0.0.1", 0))
-        listener.listen(1)
-        listener.settimeout(10)
-        port = listener.getsockname()[1]
-        response = sim.delete(f"/loadsharing/peers/127.0.0.1%3A{port}")
-        assert response.status_code == 404
-        conn, _ = listener.accept()
-        with conn:
-            conn.settimeout(10)
-            data = b""
-            while b"\r\n\r\n" not in data or len(data.split(b"\r\n\r\n", 1)[1]) < 20:
-                chunk = conn.recv(4096)
-                if not chunk:
-                    break
-                data += chunk
-            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}")
-    head, _, body = data.partition(b"\r\n\r\n")
-    assert head.startswith(b"POST /config HTTP/1.1")
+def capture_request(listener: socket.socket, request_line: bytes) -> tuple[bytes, bytes]:
+    """Accept requests on `listener` (answering 200 `{}`) until one starts with `request_line`.
+
+    Others (e.g. the poller's `GET /status` to a freshly joined host) are answered and skipped."""
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        head, body = _one_request(listener)
+        if head.startswith(request_line):
+            return head, body
+    raise AssertionError(f"no {request_line!r} within 10 s")
+
+
+def _one_request(listener: socket.socket) -> tuple[bytes, bytes]:
+    conn, _ = listener.accept()
+    with conn:
+        conn.settimeout(10)
+        data = b""
+        while b"\r\n\r\n" not in data:
+            chunk = conn.recv(4096)
+            if not chunk:
+                break
+            data += chunk
+        head, _, body = data.partition(b"\r\n\r\n")
+        length = next(
+            (
+                int(line.split(b":", 1)[1])
+                for line in head.split(b"\r\n")
+                if line.lower().startswith(b"content-length:")
+            ),
+            0,
+        )
+        while len(body) < length:
+            chunk = conn.recv(4096)
+            if not chunk:
+                break
+            body += chunk
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}")
+    return head, body
+
+
+@pytest.fixture
+def listener() -> Iterator[socket.socket]:
+    """A loopback socket standing in for a peer, to see exactly what the stand-in sends."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen(4)
+        sock.settimeout(10)
+        yield sock
+
+
+def test_delete_sends_config_reset_even_for_unknown_host(sim: Sim, listener: socket.socket) -> None:
+    """The reset POST arrives although the answer is 404 (§1.4)."""
+    port = listener.getsockname()[1]
+    response = sim.delete(f"/loadsharing/peers/127.0.0.1%3A{port}")
+    assert response.status_code == 404
+    _, body = capture_request(listener, b"POST /config HTTP/1.1")
     assert json.loads(body) == {
         "loadsharing_enabled": False,
         "loadsharing_role": "",
         "loadsharing_controller_host": "",
     }
+
+
+def test_reciprocal_add_request_body(sim: Sim, listener: socket.socket) -> None:
+    """§1.3: `POST http://<host as given>/loadsharing/peers`, our mDNS name without a port."""
+    port = listener.getsockname()[1]
+    assert body_msg(sim.post("/loadsharing/peers", {"host": f"127.0.0.1:{port}"})) == "done"
+    _, body = capture_request(listener, b"POST /loadsharing/peers HTTP/1.1")
+    assert json.loads(body) == {"host": f"{sim.hostname}.local", "reciprocal": False}
 
 
 def test_delete_discovered_only_entry_is_404(sim_factory: Callable[..., Sim]) -> None:
