@@ -26,6 +26,9 @@ from harness.settings import Settings
 from harness.waiting import tail
 
 Progress = Callable[[str], None]
+# Builds an in-process bridge from (instance, link, rapi_host, rapi_port, log_path, timeout),
+# e.g. ``harness.fault_bridge.FaultBridge``; it replaces the configured socat/python bridge.
+BridgeFactory = Callable[..., SerialBridge]
 T = TypeVar("T")
 FIRMWARE_PORT_RETRIES = 3
 
@@ -49,8 +52,10 @@ class Pair:
         link_dir: Path,
         abort: threading.Event | None = None,
         progress: Progress | None = None,
+        bridge_factory: BridgeFactory | None = None,
     ) -> None:
         self.settings = settings
+        self._bridge_factory = bridge_factory
         self.identity = identity
         self.index = identity.index
         self.name = identity.name
@@ -180,6 +185,8 @@ class Pair:
             "log_path": self.run_dir / "bridge.log",
             "timeout": self.settings.bridge_timeout,
         }
+        if self._bridge_factory is not None:
+            return self._bridge_factory(**common)
         if kind == "socat":
             key = f"{self.name}/bridge"
             return SocatBridge(

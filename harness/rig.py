@@ -20,7 +20,7 @@ from typing import Any
 from harness.emulators.base import EmulatorBackend
 from harness.errors import HarnessError, TeardownErrors
 from harness.identity import Identity, new_session_id
-from harness.pair import Aborted, Pair, Progress
+from harness.pair import Aborted, BridgeFactory, Pair, Progress
 from harness.ports import PortAllocator
 from harness.runstate import SessionState
 from harness.settings import Settings
@@ -84,6 +84,7 @@ class Rig:
         progress: Progress | None = None,
         backend: EmulatorBackend | None = None,
         kind: str = "library",
+        bridge_factory: BridgeFactory | None = None,
     ) -> None:
         if n < 1:
             raise ValueError(f"a rig needs at least one pair, not {n}")
@@ -100,6 +101,7 @@ class Rig:
         self.timings: dict[str, float] = {}
         self._closed = False
         self.kind = kind
+        self._bridge_factory = bridge_factory
 
     # ---- start ------------------------------------------------------------------------
 
@@ -167,6 +169,7 @@ class Rig:
             link_dir=link_dir,
             abort=self._abort,
             progress=self._progress,
+            bridge_factory=self._bridge_factory,
         )
 
     def abort(self) -> None:

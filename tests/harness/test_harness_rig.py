@@ -5,10 +5,12 @@ from __future__ import annotations
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from conftest import poll, process_gone
+from harness.bridge import TO_EVSE, PythonBridge
 from harness.errors import ProcessDied, ReadinessTimeout
 from harness.rig import HarnessWarning, Rig, RigStartError
 from harness.runstate import proc_start_time
@@ -283,3 +285,21 @@ def test_without_socat_the_python_bridge_is_used_with_a_warning(
         assert rig[0].api.get_json("/status")["state"] != 0
     finally:
         rig.close()
+
+
+def test_a_bridge_factory_replaces_the_configured_bridge(settings: Settings) -> None:
+    """The seam for fault injection: any SerialBridge built from the same keyword arguments."""
+    seen: list[tuple[str, bytes]] = []
+
+    def counting_bridge(**kwargs: Any) -> PythonBridge:
+        def hook(direction: str, frame: bytes) -> list[bytes]:
+            seen.append((direction, frame))
+            return [frame]
+
+        return PythonBridge(**kwargs, frame_hook=hook)
+
+    with Rig(settings.with_(bridge="socat"), 1, bridge_factory=counting_bridge) as rig:
+        assert rig[0].bridge is not None
+        assert rig[0].bridge.kind == "python"
+        assert rig[0].api.get_json("/status")["state"] != 0
+        assert any(direction == TO_EVSE and frame.startswith(b"$") for direction, frame in seen)
