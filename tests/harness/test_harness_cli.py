@@ -224,3 +224,29 @@ def test_second_sigint_forces_and_still_leaves_nothing(tmp_path: Path, run_root:
             proc.wait()
     assert "killing everything now" in (tmp_path / "up.err").read_text()
     _assert_all_gone(summary, children)
+
+
+def test_doctor_passes_here_and_names_the_fix_for_a_bad_binary(tmp_path: Path, run_root: Path) -> None:
+    ok = subprocess.run(
+        [*HARNESS, "doctor"], env=env_for(run_root), capture_output=True, text=True, timeout=120, check=False
+    )
+    assert ok.returncode == 0, ok.stdout
+    assert "[ok  ] firmware: STAND-IN" in ok.stdout
+    assert "[ok  ] free ports" in ok.stdout
+    broken = tmp_path / "program"
+    broken.write_text(
+        "#!/bin/sh\necho 'error while loading shared libraries: libavahi-client.so.3' >&2\nexit 127\n"
+    )
+    broken.chmod(0o755)
+    bad = subprocess.run(
+        [*HARNESS, "doctor"],
+        env=env_for(run_root, NATIVE_BINARY_PATH=str(broken)),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert bad.returncode == 1
+    assert "[FAIL] firmware" in bad.stdout
+    assert "libavahi-client.so.3" in bad.stdout
+    assert "fix: missing shared libraries?" in bad.stdout
