@@ -185,8 +185,9 @@ def test_link_drop_then_recovery(fault_rig: Callable[[int], Rig]) -> None:
         eventually(
             lambda: _assert(evse_status(pair)["rapi_client_connected"] is False), "the EVSE sees no client"
         )
+        f.wait(timeout=TRAFFIC_DEADLINE, disconnected=1)  # replies before the drop are settled
         before = status(pair)
-        f.wait(timeout=TRAFFIC_DEADLINE, disconnected=2)
+        f.wait(timeout=TRAFFIC_DEADLINE, disconnected=3)
         during = status(pair)
         assert during["comm_sent"] >= before["comm_sent"] + 2, (before["comm_sent"], during["comm_sent"])
         assert during["comm_success"] == before["comm_success"], "a command succeeded over a dead link"
@@ -208,9 +209,14 @@ def test_disconnect_blip_reconnects_at_once(fault_rig: Callable[[int], Rig]) -> 
     assert bridge.connects == 2
     events = [e["event"] for e in trace(pair) if e.get("event", "").startswith("tcp")]
     assert events[-3:] == ["tcp-connected", "tcp-closed", "tcp-connected"]
-    assert pair.emulator is not None
-    log = pair.emulator.log_path.read_text()
-    assert log.count("RAPI client connected") == 2, "the EVSE did not see a second connection"
+    emulator = pair.emulator
+    assert emulator is not None
+
+    def evse_saw_two_clients() -> None:
+        count = emulator.log_path.read_text().count("RAPI client connected")
+        assert count == 2, f"the EVSE logged {count} client connection(s)"
+
+    eventually(evse_saw_two_clients, "the EVSE sees the second connection")
     answered_again(pair, time.monotonic())
 
 
@@ -218,8 +224,9 @@ def test_stall_the_evse_hears_but_never_answers(fault_rig: Callable[[int], Rig])
     pair = fault_rig(1)[0]
     with serial(pair).fault(stall=True) as f:
         on = time.monotonic()
+        f.wait(timeout=TRAFFIC_DEADLINE, stalled=1)  # replies before the stall are settled
         before = status(pair)
-        f.wait(timeout=TRAFFIC_DEADLINE, stalled=2)
+        f.wait(timeout=TRAFFIC_DEADLINE, stalled=3)
         during = status(pair)
         assert during["comm_success"] == before["comm_success"], "a reply got through a stall"
         assert during["comm_sent"] > before["comm_sent"]
@@ -317,12 +324,13 @@ def test_emulator_stopped_and_back(fault_rig: Callable[[int], Rig]) -> None:
     url = pair.emulator_url
     with faults.emulator_stopped(pair.emulator, kill=True):
         off = time.monotonic()
+        lost = serial(pair).engine.totals
+        eventually(lambda: _assert(lost["disconnected"] >= 1), "a command lost: the EVSE is gone")
         before = status(pair)
-        eventually(lambda: _assert(not serial(pair).connected), "the bridge sees the EVSE gone")
-        eventually(
-            lambda: _assert(status(pair)["comm_sent"] >= before["comm_sent"] + 2), "commands keep going"
-        )
-        assert status(pair)["comm_success"] == before["comm_success"]
+        eventually(lambda: _assert(lost["disconnected"] >= 3), "commands keep going")
+        during = status(pair)
+        assert during["comm_sent"] >= before["comm_sent"] + 2
+        assert during["comm_success"] == before["comm_success"], "a command succeeded without an EVSE"
     assert pair.emulator_url == url
     find_boot_reads_after_ab(pair, since=off)
     answered_again(pair, time.monotonic())
@@ -380,7 +388,8 @@ def test_peer_killed_mid_poll_goes_offline_and_returns(fault_rig: Callable[[int]
         return time.monotonic() - killed
 
     took = eventually(offline, "the killed peer offline", timeout=HEARTBEAT_TIMEOUT + 5.0)
-    assert took <= HEARTBEAT_TIMEOUT + 0.5 + 0.5, f"offline only {took:.2f}s after the kill"
+    # the timeout, one 0.5 s poller loop, and 1 s for this test's own polling and HTTP
+    assert took <= HEARTBEAT_TIMEOUT + 0.5 + 1.0, f"offline only {took:.2f}s after the kill"
     peer.start_firmware()
     down_for = time.monotonic() - killed
     # §3.2: retries back off 1 s * 2^n, so the next attempt comes within about down_for + 1 s.
