@@ -332,6 +332,8 @@ class Pair:
             "hostname": self.hostname,
             "chip_id": f"0x{self.chip_id:016X}",
             "long_id": self.long_id,
+            "short_id": self.short_id,
+            "session": self.session,
             "firmware_url": self.firmware_url if self.firmware else None,
             "firmware_port": self.firmware_port if self.firmware else None,
             "emulator_url": self.emulator_url if self.emulator else None,
