@@ -144,16 +144,17 @@ class FaultBridge:
         return sock
 
     def _set_sock(self, sock: socket.socket | None, why: str = "") -> None:
+        """Publish the connection; logged and traced before waiters can see a new one."""
+        if sock is not None:
+            self._log(f"connected to {self.address[0]}:{self.address[1]}; starting data transfer loop")
+            self.trace.event("tcp-connected", connects=self.connects + 1)
+            self._reconnect_delay = RECONNECT_MIN
         with self._connected:
             old, self._sock = self._sock, sock
             if sock is not None:
                 self.connects += 1
             self._connected.notify_all()
-        if sock is not None:
-            self._log(f"connected to {self.address[0]}:{self.address[1]}; starting data transfer loop")
-            self.trace.event("tcp-connected", connects=self.connects)
-            self._reconnect_delay = RECONNECT_MIN
-        elif old is not None:
+        if sock is None and old is not None:
             self._log(f"TCP closed: {why}")
             self.trace.event("tcp-closed", why=why)
             self._outstanding.clear()

@@ -56,28 +56,23 @@ def _assert(condition: bool) -> None:
     assert condition
 
 
+def fault_bridge(**common: Any) -> FaultBridge:
+    """TEMPORARY until the core wiring: the emulator's --trace still owns rapi-trace.jsonl."""
+    log_path: Path = common["log_path"]
+    return FaultBridge(**common, trace_path=log_path.parent / "bridge-trace.jsonl")
+
+
 @pytest.fixture
-def fault_rig(
-    settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> Iterator[Callable[[int], Rig]]:
+def fault_rig(settings: Settings, tmp_path: Path) -> Iterator[Callable[[int], Rig]]:
     rigs: list[Rig] = []
-    if not hasattr(Pair, "serial"):  # TEMPORARY until the core wiring lands
-
-        def make_bridge(self: Pair, emulator: Any) -> FaultBridge:
-            return FaultBridge(
-                instance=self.name,
-                link=self.pty_path,
-                rapi_host=emulator.rapi_host,
-                rapi_port=emulator.rapi_port,
-                log_path=self.run_dir / "bridge.log",
-                trace_path=self.run_dir / "bridge-trace.jsonl",
-            )
-
-        monkeypatch.setattr(Pair, "_make_bridge", make_bridge)
-        monkeypatch.setattr(Pair, "serial", property(lambda self: self.bridge), raising=False)
 
     def make(n: int) -> Rig:
-        rig = Rig(settings.with_(bridge="python"), n, workdir=tmp_path / f"rig{len(rigs)}")
+        rig = Rig(
+            settings.with_(bridge="python"),
+            n,
+            workdir=tmp_path / f"rig{len(rigs)}",
+            bridge_factory=fault_bridge,
+        )
         rigs.append(rig)
         return rig.start()
 
@@ -89,7 +84,7 @@ def fault_rig(
 
 
 def serial(pair: Pair) -> FaultBridge:
-    bridge = pair.serial  # type: ignore[attr-defined]  # TEMPORARY until the core wiring
+    bridge = pair.bridge  # TEMPORARY until the core wiring gives pair.serial
     assert isinstance(bridge, FaultBridge)
     return bridge
 
