@@ -537,6 +537,10 @@ def run_suite(
     phases = parse_durations(text, limit=None)
     result["slowest"] = phases[:8]
     result["phases_total_s"] = float(sum(p["seconds"] for p in phases))
+    result["phases_by_kind_s"] = {
+        kind: float(sum(p["seconds"] for p in phases if p["phase"] == kind))
+        for kind in ("setup", "call", "teardown")
+    }
     result["failed_tests"] = failed_tests(text)
     if result.get("returncode") not in (0, None) and "error" not in result:
         last = text.strip().splitlines()[-1:] or [""]

@@ -304,7 +304,11 @@ def format_table(results: Mapping[str, Any]) -> str:
             wall_text = f"{wall:7.1f}s" if isinstance(wall, float) else "      -"
             err = f"  [{run['error'].splitlines()[0][:100]}]" if run.get("error") else ""
             phases = run.get("phases_total_s")
-            phases_text = f" (phases {phases:.1f}s)" if isinstance(phases, float) else ""
+            kinds = run.get("phases_by_kind_s") or {}
+            split = "/".join(f"{kinds.get(k, 0.0):.1f}" for k in ("setup", "call", "teardown"))
+            phases_text = (
+                f" (phases {phases:.1f}s = {split} setup/call/teardown)" if isinstance(phases, float) else ""
+            )
             what = f"--instances {run['instances']} -n {run['workers']}"
             lines.append(f"  {what}: {wall_text}{phases_text}  {counts}{err}")
             for failed in run.get("failed_tests", [])[:4]:

@@ -89,7 +89,14 @@ def test_table_shows_figures_floors_and_suite(samples: list[RigSample]) -> None:
         "figures": figures,
         "floors": evaluate_floors(figures),
         "suite": [
-            {"instances": 2, "workers": 1, "wall_s": 12.5, "counts": {"passed": 9}},
+            {
+                "instances": 2,
+                "workers": 1,
+                "wall_s": 12.5,
+                "counts": {"passed": 9},
+                "phases_total_s": 11.0,
+                "phases_by_kind_s": {"setup": 2.0, "call": 8.0, "teardown": 1.0},
+            },
             {
                 "instances": 3,
                 "workers": 2,
@@ -105,7 +112,7 @@ def test_table_shows_figures_floors_and_suite(samples: list[RigSample]) -> None:
     assert "time to ready, process" in table
     assert "floor p50 <= 1.5 s: met" in table
     assert "floor max <= 100 MB: MISSED" in table
-    assert "--instances 2 -n 1:    12.5s  9 passed" in table
+    assert "--instances 2 -n 1:    12.5s (phases 11.0s = 2.0/8.0/1.0 setup/call/teardown)  9 passed" in table
     assert "[pytest exited 1: 1 failed in 30s]" in table
     assert "FAILED tests/integration/test_a.py::test_b" in table
     assert "N= 4: floor 0.625 s, measured 1.200 s" in table
