@@ -579,12 +579,41 @@ def time_command(argv: list[str], reps: int = 3, timeout: float = 60.0) -> float
     return best
 
 
+def _noop() -> None:
+    return None
+
+
+def spawn_cost(*, preexec: bool, reps: int = 15) -> float | None:
+    """Median seconds for ``Popen`` of ``true`` to return in this process: with a
+    ``preexec_fn`` (what the harness needs for PDEATHSIG) CPython must fork() the whole
+    process, without one it can vfork(). Every spawn of a rig goes through this path."""
+    exe = shutil.which("true")
+    if exe is None:
+        return None
+    times: list[float] = []
+    for _ in range(reps):
+        t0 = time.monotonic()
+        proc = subprocess.Popen(  # measuring exactly this path (fork with preexec_fn)
+            [exe],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            preexec_fn=_noop if preexec else None,
+        )
+        times.append(time.monotonic() - t0)
+        proc.wait()
+    times.sort()
+    return times[len(times) // 2]
+
+
 def baselines(settings: Any) -> dict[str, float | None]:
     """What a bare process start costs here: the floor under every stage."""
     return {
         "python_startup_s": time_command([sys.executable, "-c", "pass"]),
         "firmware_help_s": time_command([*settings.firmware_argv, "--help"]),
         "emulator_help_s": time_command([*settings.emulator_argv, "--help"]),
+        "spawn_fork_preexec_s": spawn_cost(preexec=True),
+        "spawn_vfork_s": spawn_cost(preexec=False),
         "firmware_imports_s": time_command(
             [sys.executable, "-c", "import aiohttp, zeroconf, zeroconf.asyncio, openevse_sim.app"]
         )
