@@ -333,6 +333,12 @@ def format_table(results: Mapping[str, Any]) -> str:
         lines.append(
             f"  {row['label']:<40} {row['stat']} {shown:>14} <= {row['limit']:g} {row['unit']}: {verdict}"
         )
+    base = results.get("baselines") or {}
+    shown = [
+        f"{k.removesuffix('_s')} {v * 1000:.1f} ms" for k, v in base.items() if isinstance(v, int | float)
+    ]
+    if shown:
+        lines.append("baselines (fastest of 3; spawn: median): " + ", ".join(shown))
     machine = results.get("machine", {})
     if machine:
         lines.append(

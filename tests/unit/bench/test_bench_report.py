@@ -106,6 +106,7 @@ def test_table_shows_figures_floors_and_suite(samples: list[RigSample]) -> None:
                 "failed_tests": ["FAILED tests/integration/test_a.py::test_b - AssertionError"],
             },
         ],
+        "baselines": {"python_startup_s": 0.0321, "firmware_imports_s": None},
         "machine": {"cpu_count": 2, "cpu_model": "X", "loadavg_start": [1.0], "loadavg_end": [2.0]},
     }
     table = format_table(results)
@@ -118,6 +119,7 @@ def test_table_shows_figures_floors_and_suite(samples: list[RigSample]) -> None:
     assert "N= 4: floor 0.625 s, measured 1.200 s" in table
     assert "firmware    90.0 /  10.0 MB, 0.200 s" in table  # 16 of 28 pairs at 90
     assert "failed repetitions" in table
+    assert "baselines (fastest of 3; spawn: median): python_startup 32.1 ms" in table
     assert "N= 4: emulator 20.0%" in table
 
 
