@@ -144,10 +144,12 @@ def cmd_status(args: argparse.Namespace) -> int:
     sessions = list_sessions(_run_root())
     if args.json:
         print(json.dumps([_session_doc(s) for s in sessions]))
-        return 0
+        return 1 if args.check_empty and sessions else 0
     if not sessions:
         print(f"no sessions under {_run_root()}")
         return 0
+    if args.check_empty:
+        print(f"{len(sessions)} session(s) left under {_run_root()}:")
     for info in sessions:
         doc = _session_doc(info)
         owner = "alive" if doc["owner_alive"] else "DEAD (reap with `harness down`)"
@@ -155,7 +157,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         for inst in doc["instances"]:
             print(f"  [{inst.get('index')}] {inst.get('hostname')}  {inst.get('firmware_url')}  "
                   f"emulator {inst.get('emulator_url')}")  # fmt: skip
-    return 0
+    return 1 if args.check_empty else 0
 
 
 def _session_doc(info: SessionInfo) -> dict[str, Any]:
@@ -193,12 +195,33 @@ def cmd_down(args: argparse.Namespace) -> int:
             continue
         os.kill(info.owner_pid, signal.SIGTERM)
         print(f"{info.session}: asked owner pid {info.owner_pid} to stop")
-        if wait_for_gone([info.dir], args.timeout):
+        owner_gone = Path(f"/proc/{info.owner_pid}")
+        # Done means the owner has exited too, not only that its session dir is gone.
+        if wait_for_gone([info.dir, owner_gone], args.timeout) or not info.owner_alive():
             print(f"{info.session}: stopped")
         else:
             _err(f"{info.session}: owner pid {info.owner_pid} did not finish in {args.timeout:.0f}s")
             status = 1
+    for line in _reap_orphan_containers():
+        print(line)
     return status
+
+
+def _reap_orphan_containers() -> list[str]:
+    """Containers of dead owners whose session dir is gone too (e.g. another run dir).
+
+    Only when a Docker engine answers; the process backend needs no Docker at all."""
+    try:
+        from harness.docker.engine import default_client
+        from harness.docker.reaper import reap_dead_owner_containers
+
+        client = default_client()
+        client.ping()
+    except Exception:  # no SDK config, no engine: nothing of ours can be running there
+        return []
+    lines: list[str] = []
+    reap_dead_owner_containers(client, report=lines.append)
+    return lines
 
 
 def _pick_session(name: str | None) -> SessionInfo:
@@ -274,6 +297,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     st = sub.add_parser("status", help="sessions under the run dir, owners alive or dead")
     st.add_argument("--json", action="store_true")
+    st.add_argument("--check-empty", action="store_true", help="exit 1 if any session is left (for CI)")
     st.set_defaults(func=cmd_status)
 
     down = sub.add_parser("down", help="stop live `harness up` sessions, reap dead owners' sessions")
