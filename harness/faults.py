@@ -25,7 +25,7 @@ import contextlib
 import signal
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -225,35 +225,41 @@ class FaultHandle:
 # ---- process faults ----------------------------------------------------------------------
 
 
-def _reap(proc: Any, timeout: float, what: str) -> None:
+def kill_process(proc: Any, what: str, timeout: float = 5.0) -> None:
+    """SIGKILL a ``ManagedProcess``'s group (a crash: no clean shutdown) and wait until it is
+    gone and reaped (its ``on_exit`` runs, so the state file forgets it)."""
+    if proc is None or not proc.signal_group(signal.SIGKILL):
+        raise FaultError(f"{what} is not running: nothing to kill")
     try:
         proc.wait(timeout)
     except Exception as exc:
         raise FaultError(f"{what} did not exit within {timeout:.1f}s after SIGKILL: {exc}") from exc
-    proc.stop()  # already exited: reaps it and runs its on_exit (state file)
+    proc.stop()  # already exited: reaps it and runs its on_exit
+
+
+@contextlib.contextmanager
+def process_stopped(stop: Callable[[], None], start: Callable[[], None]) -> Iterator[None]:
+    """``stop()``, run the block, and ``start()`` again, also when the block raises."""
+    stop()
+    try:
+        yield
+    finally:
+        start()
 
 
 def kill_firmware(pair: Pair, timeout: float = 5.0) -> None:
-    """SIGKILL the firmware (no clean shutdown, as a crash) and wait until it is gone."""
+    """SIGKILL the pair's firmware and wait until it is gone; bridge and emulator stay up."""
     fw = pair.firmware
-    if fw is None or fw.proc is None:
-        raise FaultError(f"[{pair.name}] no firmware process to kill")
-    fw.proc.signal_group(signal.SIGKILL)
-    _reap(fw.proc, timeout, f"[{pair.name}] firmware")
+    kill_process(fw.proc if fw is not None else None, f"[{pair.name}] firmware", timeout)
 
 
 @contextlib.contextmanager
 def firmware_stopped(pair: Pair, *, kill: bool = False) -> Iterator[Pair]:
     """The firmware is down (SIGKILL with ``kill=True``, else SIGTERM) inside the block and
-    started again, fully ready, after it (also on an exception)."""
-    if kill:
-        kill_firmware(pair)
-    else:
-        pair.stop_firmware()
-    try:
+    started again, fully ready (HTTP and EVSE link), after it (also on an exception)."""
+    stop = (lambda: kill_firmware(pair)) if kill else pair.stop_firmware
+    with process_stopped(stop, pair.start_firmware):
         yield pair
-    finally:
-        pair.start_firmware()
 
 
 def restart_firmware(pair: Pair, *, kill: bool = False) -> Pair:
@@ -276,8 +282,7 @@ def stop_emulator(emulator: Any, *, kill: bool = False, timeout: float = 5.0) ->
     """Stop (SIGTERM) or kill (SIGKILL) a process emulator; bridge and firmware stay up."""
     handle = _process_emulator(emulator)
     if kill:
-        handle.proc.signal_group(signal.SIGKILL)
-        _reap(handle.proc, timeout, f"[{handle.spec.instance}] emulator")
+        kill_process(handle.proc, f"[{handle.spec.instance}] emulator", timeout)
     else:
         handle.proc.stop(timeout)
 
@@ -334,11 +339,8 @@ def start_emulator(emulator: Any, timeout: float | None = None) -> None:
 def emulator_stopped(emulator: Any, *, kill: bool = False) -> Iterator[Any]:
     """The EVSE controller is gone inside the block (the firmware's commands time out) and
     back on the same ports after it; a fresh controller sends ``$AB`` (evse.md §1)."""
-    stop_emulator(emulator, kill=kill)
-    try:
+    with process_stopped(lambda: stop_emulator(emulator, kill=kill), lambda: start_emulator(emulator)):
         yield emulator
-    finally:
-        start_emulator(emulator)
 
 
 def restart_emulator(emulator: Any, *, kill: bool = False) -> None:
