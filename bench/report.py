@@ -334,11 +334,11 @@ def format_table(results: Mapping[str, Any]) -> str:
             f"  {row['label']:<40} {row['stat']} {shown:>14} <= {row['limit']:g} {row['unit']}: {verdict}"
         )
     base = results.get("baselines") or {}
-    shown = [
+    base_cells = [
         f"{k.removesuffix('_s')} {v * 1000:.1f} ms" for k, v in base.items() if isinstance(v, int | float)
     ]
-    if shown:
-        lines.append("baselines (fastest of 3; spawn: median): " + ", ".join(shown))
+    if base_cells:
+        lines.append("baselines (fastest of 3; spawn: median): " + ", ".join(base_cells))
     machine = results.get("machine", {})
     if machine:
         lines.append(
