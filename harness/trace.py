@@ -31,8 +31,10 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import functools
 import json
 import re
+import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -417,6 +419,22 @@ def socat_micro_in_nine(version_text: str) -> bool:
     """socat 1.7.x prints microseconds in a 9-digit field (measured on 1.7.4.4)."""
     m = re.search(r"socat version (\d+)\.(\d+)", version_text)
     return m is None or (int(m.group(1)), int(m.group(2))) < (1, 8)
+
+
+@functools.lru_cache(maxsize=4)
+def _socat_version(socat: str) -> str:
+    try:
+        done = subprocess.run(
+            [socat, "-V"], stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=5, check=False
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return ""
+    return done.stdout
+
+
+def socat_tracer(log_path: Path, trace_path: Path, socat: str = "socat") -> SocatDumpTracer:
+    """A (not yet started) tracer for a socat running with ``-x`` and logging to ``log_path``."""
+    return SocatDumpTracer(log_path, trace_path, micro_in_nine=socat_micro_in_nine(_socat_version(socat)))
 
 
 def wait_for_entries(
