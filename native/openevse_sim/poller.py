@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import math
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -30,6 +31,22 @@ BACKOFF_CAP = 60.0
 
 class PeerFailure(Exception):
     pass
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"non-finite number {text}")
+    return value
+
+
+def _reject(name: str) -> Any:
+    raise ValueError(f"not JSON: {name}")
+
+
+def loads_strict(data: str | bytes) -> Any:
+    """Peer JSON without NaN/Infinity, so nothing we re-publish becomes invalid JSON."""
+    return json.loads(data, parse_float=_finite, parse_constant=_reject)
 
 
 def ws_url(base: str) -> str:
@@ -98,7 +115,7 @@ class Poller:
         async with self.outbound.session().get(url, timeout=timeout) as resp:
             if resp.status != 200:
                 raise PeerFailure(f"GET {url} -> {resp.status}")
-            doc = json.loads(await resp.read())
+            doc = loads_strict(await resp.read())
         if not isinstance(doc, dict):
             raise PeerFailure(f"GET {url}: not a JSON object")
         return doc
@@ -152,7 +169,7 @@ class Poller:
                 continue
             if frame.type == aiohttp.WSMsgType.TEXT:
                 with contextlib.suppress(ValueError):
-                    doc = json.loads(frame.data)
+                    doc = loads_strict(frame.data)
                     if isinstance(doc, dict):
                         peer.merge_status(doc)
             elif frame.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.ERROR):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -132,7 +133,7 @@ class StatusHub:
             "loadsharing_peers_version": self.peers.version,
             "loadsharing_status_version": self.status_version,
             "loadsharing_joined_peers": joined,
-            "loadsharing_group_current_total": sum(int(p.get("amp", 0) or 0) for p in joined),
+            "loadsharing_group_current_total": sum(_milliamps(p.get("amp")) for p in joined),
         }
         for key in ("battery_level", "battery_range", "time_to_full_charge"):
             if key in self.live:
@@ -161,3 +162,10 @@ class StatusHub:
             row.update(peer.status_object() or {})
             rows.append(row)
         return rows
+
+
+def _milliamps(value: Any) -> int:
+    """A peer's `amp` as published; anything that is not a finite number counts as 0."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return 0
+    return int(value) if math.isfinite(value) else 0

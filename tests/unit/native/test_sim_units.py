@@ -241,3 +241,29 @@ def test_reconcile_https_default_port(tmp_path: Path) -> None:
     assert peers.entries[0].url == "https://10.0.0.2"
     disc.reconcile([Result("s", "10.0.0.2", "s.local", 443, {"id": "c", "ssl": "1"})])
     assert peers.entries[0].host == "s.local"
+
+
+# --- hostile peer data ------------------------------------------------------------------------
+
+
+def test_peer_json_is_strict() -> None:
+    from openevse_sim.poller import loads_strict
+
+    assert loads_strict('{"amp": 1.5}') == {"amp": 1.5}
+    for text in ('{"amp": NaN}', '{"amp": Infinity}', '{"amp": 1e400}'):
+        with pytest.raises(ValueError):
+            loads_strict(text)
+
+
+def test_group_current_total_ignores_non_numbers() -> None:
+    from openevse_sim.status import _milliamps
+
+    assert [_milliamps(v) for v in (1500, 2.5, "7", None, True, {"a": 1}, float("inf"))] == [
+        1500,
+        2,
+        0,
+        0,
+        0,
+        0,
+        0,
+    ]
