@@ -13,6 +13,7 @@ from harness.trace import (
     EVSE_TO_FW,
     FW_TO_EVSE,
     FrameSplitter,
+    ReplyMatcher,
     SocatDumpParser,
     SocatDumpTracer,
     TraceWriter,
@@ -182,3 +183,19 @@ def test_socat_tracer_writes_frames_split_across_chunks(tmp_path: Path) -> None:
     assert all(e["checksum_ok"] for e in entries)
     # wall-clock stamps become monotonic ones, 1 s apart as dumped
     assert entries[3]["t"] - entries[0]["t"] == pytest.approx(1.0 - 0.449599 + 0.013)
+
+
+def test_a_late_reply_is_paired_with_its_own_command() -> None:
+    """firmware.md §6.1: after a timeout the firmware sends its next command; the EVSE still
+    answers the first one first (evse.md §1), so pairing is first in, first out."""
+    m = ReplyMatcher()
+    m.command("GS", 1.0)
+    m.command("GP", 1.5)  # sent after GS timed out
+    assert m.reply("AT") == {}  # async frames answer nothing
+    assert m.reply("OK") == {"reply_to": "GS", "cmd_t": 1.0}
+    assert m.reply("NK") == {"reply_to": "GP", "cmd_t": 1.5}
+    assert m.reply("OK") == {}  # nothing outstanding
+    m.command("OK", 2.0)  # not a command
+    m.command("SY", 3.0)
+    m.clear()  # the link dropped: nothing is outstanding any more
+    assert m.reply("OK") == {}
