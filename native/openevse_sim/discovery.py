@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import random
 import socket
+import sys
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -175,7 +176,7 @@ class Discovery:
         try:
             self._azc = AsyncZeroconf(interfaces=self.interfaces, ip_version=IPVersion.V4Only)
         except Exception as exc:  # like the Avahi client failing: no mDNS, everything else runs (§2.1)
-            print(f"Failed to create mDNS responder: {exc!r}", flush=True)
+            print(f"Failed to create mDNS responder: {exc!r}", file=sys.stderr, flush=True)
             return
         self._tasks.append(spawn(self._advertise(), "mdns-advertise"))
         next_at = time.monotonic()
@@ -206,10 +207,10 @@ class Discovery:
             # No probing: announce at once so peers see us within a sweep of start-up.
             await self._azc.async_register_service(self._info, cooperating_responders=True)
         except NonUniqueNameException:
-            print(f"mDNS: name collision for '{hostname}', not published", flush=True)
+            print(f"mDNS: name collision for '{hostname}', not published", file=sys.stderr, flush=True)
             self._info = None
         except Exception as exc:
-            print(f"mDNS: registration failed: {exc!r}", flush=True)
+            print(f"mDNS: registration failed: {exc!r}", file=sys.stderr, flush=True)
             self._info = None
 
     async def _sweep(self) -> None:
@@ -217,7 +218,7 @@ class Discovery:
         try:
             answers = await self._query(started)
         except OSError as exc:
-            print(f"mDNS: query failed: {exc!r}", flush=True)
+            print(f"mDNS: query failed: {exc!r}", file=sys.stderr, flush=True)
             answers = {}
         results: list[Result] = []
         for result in answers.values():
