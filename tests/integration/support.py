@@ -43,6 +43,10 @@ BACKOFF_CAP = 60.0
 # §6.2 / evse.md §1: state changes reach the firmware as $AT at once; while charging it
 # reads $GG every 1 s. Allow one sweep stall and a couple of RAPI cycles.
 EVSE_DEADLINE = 3.0 + SWEEP_STALL
+# §3.2/§3.3: a peer's state change reaches the observer as a WebSocket frame at once; allow
+# the EVSE round trip and a sweep stall on each of the two firmwares. Well below the default
+# 30 s heartbeat, after which a poller would re-fetch /status anyway.
+LIVE_FEED_DEADLINE = EVSE_DEADLINE + SWEEP_STALL
 # §7.3/§7.4: claims are evaluated by the firmware's loop; no cadence is specified beyond it.
 CLAIMS_DEADLINE = 2.0 + SWEEP_STALL
 

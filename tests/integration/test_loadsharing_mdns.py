@@ -30,7 +30,7 @@ from tests.integration.support import (
     units,
 )
 
-pytestmark = [pytest.mark.mdns, pytest.mark.timeout(150)]
+pytestmark = [pytest.mark.mdns, pytest.mark.timeout(180)]
 
 DISCOVERY_BUG = (
     "firmware.md §2.2: the branch browses 'openevse.tcp' (fixed upstream by PR #1219); with the "

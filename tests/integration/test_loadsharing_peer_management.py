@@ -258,6 +258,7 @@ def test_peer_path_errors(instance_pair: PairFactory) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(240)  # a real build: rig start and the restart can take ~45 s each
 def test_joined_peer_persists_across_restart(multi_instance_group: GroupFactory) -> None:
     """§1.3: a joined peer is persisted and restored after a firmware restart; the restarted
     firmware has a working serial link (upstream W8): RAPI connected and a plug-in seen."""
