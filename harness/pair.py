@@ -137,7 +137,9 @@ class Pair:
 
     # ---- start ------------------------------------------------------------------------
 
-    def start(self) -> Pair:
+    def start(self, *, wait_link: bool = True) -> Pair:
+        """Emulator, bridge, firmware HTTP, then (unless ``wait_link`` is false) the EVSE link;
+        without it, ``wait_evse_link()`` finishes the readiness later."""
         t0 = time.monotonic()
         self.run_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         self._link_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -169,10 +171,11 @@ class Pair:
         self._lease = self._ports.acquire()
         self.firmware = self._make_firmware(self._lease.port)
         self.api = Api(self.firmware.url)
-        self._start_firmware(new_port_on_conflict=True)
+        self._start_firmware(new_port_on_conflict=True, wait_link=wait_link)
         self.timings["ready"] = time.monotonic() - t0
         self._record()
-        self._say(f"ready: firmware {self.firmware_url}, EVSE link up ({self.timings['ready']:.2f}s)")
+        link = "EVSE link up" if wait_link else "EVSE link not awaited"
+        self._say(f"ready: firmware {self.firmware_url}, {link} ({self.timings['ready']:.2f}s)")
         return self
 
     def _make_bridge(self, emulator: EmulatorHandle) -> SerialBridge:
@@ -215,7 +218,7 @@ class Pair:
             on_exit=lambda: self._state.remove_child(key),
         )
 
-    def _start_firmware(self, *, new_port_on_conflict: bool) -> None:
+    def _start_firmware(self, *, new_port_on_conflict: bool, wait_link: bool = True) -> None:
         """Spawn and wait through the stages; a port taken after our probe is retried."""
         fw = self._need(self.firmware, "firmware")
         for attempt in range(1, FIRMWARE_PORT_RETRIES + 1):
@@ -237,6 +240,8 @@ class Pair:
                     fw.http_port = self._lease.port
                     self.api = Api(fw.url)
         self._say(f"firmware HTTP up at {fw.url}")
+        if not wait_link:
+            return
         fw.wait_evse_link(self.settings.evse_link_timeout, alive=self._alive, log_tail=self.log_tails)
 
     def log_tails(self, lines: int = 40) -> str:

@@ -3,11 +3,18 @@
 Loaded by the root ``conftest.py`` in the repo and by the ``pytest11`` entry point when
 installed (one registration, same name).
 
-- Options: ``--instances 2,3,4`` (rig sizes), ``--emulator process|docker``, ``--native PATH``.
+- Options: ``--instances 2,3,4`` (rig sizes), ``--emulator process|docker``, ``--native PATH``,
+  ``--rig-scope test|module|session`` (how long a ready rig is reused; default session).
 - Fixtures: ``harness_settings`` (session), ``rig`` (parametrized over ``--instances``, ids
   ``n2``/``n3``/``n4``; ``@pytest.mark.instances(2, 3)`` narrows), ``instance_pair``
   (factory, upstream-compatible), ``multi_instance_group`` (factory ``(n)``),
-  ``evse_instance`` (one pair). Everything a fixture starts, it tears down.
+  ``evse_instance`` (one pair). Rigs come from a per-process pool (``harness.rigpool``): a
+  returning rig is reset and verified against its baseline (``harness.reset``) before the
+  next test gets it, a pair that does not verify is replaced. Markers: ``fresh_rig`` (a
+  brand-new rig, discarded afterwards), ``http_only`` (a new rig may be handed over before its
+  EVSE link is up). Every rig is torn down at the end of its scope and of the session.
+- The terminal summary counts rigs started, reused, reset and replaced, with times (xdist
+  workers send theirs to the controller).
 - A missing prerequisite skips loudly, and under ``CI=true`` fails (upstream W15).
 - On failure, the tails of the test's instance logs go into the report and their paths into
   the JUnit properties (engineering.md §2.f); run facts become testsuite properties.
@@ -19,12 +26,14 @@ import contextlib
 import os
 from collections.abc import Callable, Generator, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from harness.errors import HarnessError, PrerequisiteMissing
 from harness.pair import Pair
 from harness.rig import Rig
+from harness.rigpool import SCOPES, Lease, RigPool, Stats
 from harness.runstate import reap_dead_sessions
 from harness.settings import Settings, file_sha256
 from harness.waiting import tail
@@ -32,6 +41,9 @@ from harness.waiting import tail
 LOGS = pytest.StashKey[dict[str, Path]]()  # item → "<instance> <part>" → log file
 REPORTED = pytest.StashKey[set[str]]()  # item → log names already put in user_properties
 SETTINGS = pytest.StashKey[Settings | PrerequisiteMissing]()  # config → settings or why not
+POOL = pytest.StashKey[RigPool]()  # config → this process's rig pool
+WORKER_STATS = pytest.StashKey[Stats]()  # controller config → stats merged from xdist workers
+STATS_KEY = "harness_rig_stats"
 LOG_TAIL_LINES = 60
 
 
@@ -44,6 +56,13 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
     group.addoption("--emulator", choices=["process", "docker"], default=None, help="emulator backend")
     group.addoption("--native", default=None, metavar="PATH", help="firmware binary (NATIVE_BINARY_PATH)")
+    group.addoption(
+        "--rig-scope",
+        choices=list(SCOPES),
+        default="session",
+        help="reuse a ready rig (reset and verified between tests) per test, module or session "
+        "(default session; test = a brand-new rig for every test)",
+    )
 
 
 def instance_counts(config: pytest.Config) -> list[int]:
@@ -77,6 +96,8 @@ def _is_xdist_worker(config: pytest.Config) -> bool:
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "instances(*n): the rig sizes this test runs on")
+    config.addinivalue_line("markers", "fresh_rig: needs a brand-new rig (no reuse)")
+    config.addinivalue_line("markers", "http_only: may start before the EVSE link is up")
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:
@@ -160,33 +181,59 @@ def harness_settings(request: pytest.FixtureRequest) -> Settings:
     return settings
 
 
-class _Rigs:
-    """Rigs started for one test; all closed at its end, errors collected."""
+@pytest.fixture(scope="session")
+def _harness_pool(
+    request: pytest.FixtureRequest, harness_settings: Settings, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[RigPool]:
+    """This process's pool of ready rigs; every rig in it is stopped when the session ends."""
+    config = request.config
+    pool = RigPool(
+        harness_settings,
+        scope=str(config.getoption("--rig-scope")),
+        workdir=lambda n: tmp_path_factory.mktemp(f"rig-n{n}-"),
+        worker=os.environ.get("PYTEST_XDIST_WORKER", "main"),
+    )
+    config.stash[POOL] = pool
+    try:
+        yield pool
+    finally:
+        pool.close()
 
-    def __init__(self, request: pytest.FixtureRequest, settings: Settings, tmp_path: Path) -> None:
+
+class _Rigs:
+    """Rigs leased for one test from the pool; all given back at its end, errors collected."""
+
+    def __init__(self, request: pytest.FixtureRequest, settings: Settings, pool: RigPool) -> None:
         self.request = request
         self.settings = settings
-        self.tmp_path = tmp_path
-        self.rigs: list[Rig] = []
+        self.pool = pool
+        self.leases: list[Lease] = []
 
     def start(self, n: int) -> Rig:
-        workdir = self.tmp_path / f"harness-{len(self.rigs)}"
-        rig = Rig(self.settings, n, workdir=workdir, kind="pytest")
-        self.rigs.append(rig)
+        node = self.request.node
+        module = getattr(getattr(node, "module", None), "__name__", None)
         try:
-            rig.start()
+            lease = self.pool.acquire(
+                n,
+                test=node.nodeid,
+                module=module,
+                fresh=node.get_closest_marker("fresh_rig") is not None,
+                http_only=node.get_closest_marker("http_only") is not None,
+            )
         except PrerequisiteMissing as exc:
             _unavailable(exc, self.settings)
-        finally:
-            # Logs of a failed start are useful too: register whatever pairs exist.
-            self.request.node.stash.setdefault(LOGS, {}).update(rig.log_paths())
-        return rig
+            raise AssertionError("unreachable") from exc  # pragma: no cover
+        self.leases.append(lease)
+        for note in lease.notes:
+            node.user_properties.append(("harness.replaced", note))
+        node.stash.setdefault(LOGS, {}).update(lease.rig.log_paths())
+        return lease.rig
 
     def close(self) -> None:
         errors: list[BaseException] = []
-        for rig in reversed(self.rigs):
+        for lease in reversed(self.leases):
             try:
-                rig.close()
+                self.pool.release(lease)
             except HarnessError as exc:
                 errors.append(exc)
         if errors:
@@ -195,9 +242,9 @@ class _Rigs:
 
 @pytest.fixture
 def _harness_rigs(
-    request: pytest.FixtureRequest, harness_settings: Settings, tmp_path: Path
+    request: pytest.FixtureRequest, harness_settings: Settings, _harness_pool: RigPool
 ) -> Iterator[_Rigs]:
-    rigs = _Rigs(request, harness_settings, tmp_path)
+    rigs = _Rigs(request, harness_settings, _harness_pool)
     try:
         yield rigs
     finally:
@@ -240,6 +287,62 @@ def multi_instance_group(_harness_rigs: _Rigs) -> Callable[[int], Rig]:
 def evse_instance(instance_pair: Callable[..., Pair]) -> Pair:
     """One started pair (upstream ``test_charging.py`` compatibility)."""
     return instance_pair()
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> Generator[None, None, None]:
+    """Scope ``module``: once the module's last test is torn down, stop its rigs."""
+    yield
+    pool = item.config.stash.get(POOL, None)
+    module = getattr(item, "module", None)
+    if pool is not None and (nextitem is None or getattr(nextitem, "module", None) is not module):
+        pool.end_module()
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """Stop whatever is still pooled (fixtures are torn down by now); a worker sends its
+    numbers to the controller."""
+    config = session.config
+    pool = config.stash.get(POOL, None)
+    if pool is None:
+        return
+    with contextlib.suppress(HarnessError):
+        pool.close()
+    workeroutput = getattr(config, "workeroutput", None)
+    if workeroutput is not None:
+        workeroutput[STATS_KEY] = pool.stats.to_json()
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node: Any, error: object) -> None:
+    """xdist controller: add a finished worker's rig numbers."""
+    doc = getattr(node, "workeroutput", {}).get(STATS_KEY)
+    if doc:
+        node.config.stash.setdefault(WORKER_STATS, Stats()).merge(doc)
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """Last resort (e.g. Ctrl-C before the session fixtures were torn down): stop every rig."""
+    pool = config.stash.get(POOL, None)
+    if pool is not None:
+        with contextlib.suppress(HarnessError):
+            pool.close()
+
+
+def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
+    stats = Stats()
+    pool = config.stash.get(POOL, None)
+    if pool is not None:
+        stats.merge(pool.stats.to_json())
+    workers = config.stash.get(WORKER_STATS, None)
+    if workers is not None:
+        stats.merge(workers.to_json())
+    if pool is None and workers is None:
+        return
+    terminalreporter.section("harness rigs")
+    for line in stats.lines(str(config.getoption("--rig-scope"))):
+        terminalreporter.write_line(line)
 
 
 @pytest.hookimpl(wrapper=True, tryfirst=True)

@@ -100,12 +100,16 @@ class Rig:
         self.ports: PortAllocator | None = None
         self.timings: dict[str, float] = {}
         self._closed = False
+        self._active_backend: EmulatorBackend | None = None
+        self.replacements = 0
         self.kind = kind
         self._bridge_factory = bridge_factory
 
     # ---- start ------------------------------------------------------------------------
 
-    def start(self) -> Rig:
+    def start(self, *, wait_link: bool = True) -> Rig:
+        """Start every pair in parallel; ``wait_link=False`` returns once each firmware answers
+        HTTP (``wait_evse_link()`` then finishes readiness)."""
         t0 = time.monotonic()
         self.settings.check()
         if self.settings.bridge == "auto" and self.settings.resolved_bridge() == "python":
@@ -126,11 +130,12 @@ class Rig:
         except BaseException:
             self.state.remove()
             raise
+        self._active_backend = backend
         self.pairs = [self._make_pair(i, backend) for i in range(self.n)]
         errors: dict[int, BaseException] = {}
         aborted: list[int] = []
         with ThreadPoolExecutor(max_workers=self.n, thread_name_prefix=f"rig-{self.session}") as pool:
-            futures = {pool.submit(pair.start): pair.index for pair in self.pairs}
+            futures = {pool.submit(pair.start, wait_link=wait_link): pair.index for pair in self.pairs}
             try:
                 for fut, index in futures.items():
                     exc = fut.exception()
@@ -154,14 +159,16 @@ class Rig:
         self.timings["start"] = time.monotonic() - t0
         return self
 
-    def _make_pair(self, index: int, backend: EmulatorBackend) -> Pair:
+    def _make_pair(self, index: int, backend: EmulatorBackend, identity: Identity | None = None) -> Pair:
         assert self.state is not None
         assert self.ports is not None
-        link_dir = self.state.dir / f"i{index}"
-        instance_dir = (self.workdir / f"i{index}") if self.workdir is not None else link_dir
+        # A replacement pair gets its own dirs (and identity): nothing of the old one carries over.
+        slot = f"i{index}" if identity is None else f"i{index}-{identity.session}"
+        link_dir = self.state.dir / slot
+        instance_dir = (self.workdir / slot) if self.workdir is not None else link_dir
         return Pair(
             settings=self.settings,
-            identity=Identity(self.session, index),
+            identity=identity or Identity(self.session, index),
             backend=backend,
             state=self.state,
             ports=self.ports,
@@ -224,6 +231,27 @@ class Rig:
 
     def __getitem__(self, index: int) -> Pair:
         return self.pairs[index]
+
+    def wait_evse_link(self) -> None:
+        """Wait for every pair's EVSE link in parallel (after ``start(wait_link=False)``)."""
+        with ThreadPoolExecutor(max_workers=len(self.pairs) or 1) as pool:
+            for fut in [pool.submit(p.wait_evse_link) for p in self.pairs]:
+                fut.result()
+
+    def replace_pair(self, index: int) -> Pair:
+        """Stop pair ``index`` and start a brand-new one in its slot (new identity, new dirs,
+        new ports); returns it once fully ready. Raises ``TeardownErrors`` if the old pair did
+        not stop cleanly (the new one is not started then) or the new one's start error."""
+        if self._active_backend is None or self._closed:
+            raise HarnessError("replace_pair: the rig is not started")
+        old = self.pairs[index]
+        old.stop()
+        self.replacements += 1
+        identity = Identity(new_session_id(), index)
+        pair = self._make_pair(index, self._active_backend, identity)
+        self.pairs[index] = pair
+        pair.start()
+        return pair
 
     def restart_firmware(self, index: int) -> Pair:
         self.pairs[index].restart_firmware()
