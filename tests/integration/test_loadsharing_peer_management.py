@@ -59,6 +59,7 @@ def joined_remote(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [r for r in rows if r.get("joined") is True and r.get("isLocal") is not True]
 
 
+@pytest.mark.fresh_rig  # "initial": a brand-new unit, not one reset after an earlier test
 def test_initial_peer_list(instance_pair: PairFactory) -> None:
     """§1.2: a bare array, the local entry first with its identity; nothing else joined."""
     unit = instance_pair()
