@@ -24,6 +24,7 @@ from bench.report import (
     machine_facts,
     now_iso,
     settings_facts,
+    suite_figures,
 )
 from bench.stats import summarize
 
@@ -56,6 +57,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         default=None,
         help="also measure the docker emulator backend (default: when an engine and the image exist)",
     )
+    p.add_argument("--suite-reps", type=int, default=1, help="runs of each suite configuration (default 1)")
     p.add_argument("--ns", default=None, help="rig sizes for time to ready, e.g. 1,2,4,8,16")
     p.add_argument("--out", type=Path, default=REPO / "bench" / "out", help="output directory")
     return p.parse_args(argv)
@@ -156,16 +158,18 @@ def run(args: argparse.Namespace) -> int:
             results["suite"] = []
             print("  suite collection only ...", flush=True)
             results["suite_collect"] = run_suite(2, 1, cwd=REPO, log_dir=out, collect_only=True)
-            for instances, workers in plan.suite:
-                loads.append(os.getloadavg()[0])
-                print(f"  suite --instances {instances} -n {workers} ...", flush=True)
-                run_result = run_suite(instances, workers, cwd=REPO, log_dir=out)
-                results["suite"].append(run_result)
-                wall = run_result.get("wall_s")
-                print(
-                    f"    {wall:.1f}s {run_result.get('counts')} {run_result.get('error', '')[:200]}",
-                    flush=True,
-                )
+            for rep in range(args.suite_reps):
+                for instances, workers in plan.suite:
+                    loads.append(os.getloadavg()[0])
+                    label = f"suite --instances {instances} -n {workers} rep {rep + 1}/{args.suite_reps}"
+                    print(f"  {label} ...", flush=True)
+                    run_result = run_suite(instances, workers, cwd=REPO, log_dir=out, rep=rep + 1)
+                    results["suite"].append(run_result)
+                    wall = run_result.get("wall_s")
+                    print(
+                        f"    {wall:.1f}s {run_result.get('counts')} {run_result.get('error', '')[:200]}",
+                        flush=True,
+                    )
         else:
             results["suite_skipped"] = "--no-suite"
     except KeyboardInterrupt:
@@ -183,6 +187,7 @@ def run(args: argparse.Namespace) -> int:
     if cold is not None:
         figures["cold_first_rig_s"] = summarize([cold])
     results["figures"] = figures
+    figures["suite_wall_s"] = suite_figures(results.get("suite", []))
     results["floors"] = evaluate_floors(figures)
     results["samples"] = [s.to_json() for s in samples]
     json_path = out / "results.json"

@@ -493,6 +493,7 @@ def run_suite(
     log_dir: Path,
     timeout: float = 1800.0,
     collect_only: bool = False,
+    rep: int = 1,
 ) -> dict[str, Any]:
     """Run the integration suite once for one rig size; wall time, counts, slowest phases.
 
@@ -506,8 +507,10 @@ def run_suite(
     if collect_only:
         argv.append("--collect-only")
     log_dir.mkdir(parents=True, exist_ok=True)
-    log_path = log_dir / f"suite-n{instances}-w{workers}{'-collect' if collect_only else ''}.log"
+    suffix = "-collect" if collect_only else f"-r{rep}"
+    log_path = log_dir / f"suite-n{instances}-w{workers}{suffix}.log"
     result: dict[str, Any] = {
+        "rep": rep,
         "instances": instances,
         "workers": workers,
         "argv": argv[1:],

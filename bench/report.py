@@ -133,6 +133,19 @@ def aggregate(samples: Sequence[RigSample], *, cpus: int | None = None) -> dict[
     return figures
 
 
+def suite_figures(runs: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """Wall time of every suite configuration (``n<instances>-w<workers>``) over its runs."""
+    walls: dict[str, list[float]] = {}
+    for run in runs:
+        wall = run.get("wall_s")
+        if isinstance(wall, float) and "timed out" not in str(run.get("error", "")):
+            walls.setdefault(f"n{run['instances']}-w{run['workers']}", []).append(wall)
+    out: dict[str, Any] = {}
+    for key, values in walls.items():
+        _put(out, key, summarize(values))
+    return out
+
+
 def stage_share(stages: Mapping[str, Summary]) -> dict[str, float]:
     """Each stage's share of a pair's bring-up, from the stages' means (they add up to 1)."""
     means = {s: stages[s]["mean"] for s in STAGES if s in stages}
@@ -293,11 +306,14 @@ def format_table(results: Mapping[str, Any]) -> str:
     if suite:
         lines.append("")
         lines.append(
-            "integration suite (wall time, one run each; phases = sum of its setup/call/teardown times):"
+            "integration suite (wall time per run; phases = sum of its setup/call/teardown times):"
         )
         collect = results.get("suite_collect") or {}
         if isinstance(collect.get("wall_s"), float):
             lines.append(f"  pytest start-up + collection alone: {collect['wall_s']:.1f}s")
+        for key, summary in (figures.get("suite_wall_s") or {}).items():
+            if summary["n"] > 1:
+                lines.append(_row(f"  suite wall time {key}", "", summary, "s", None))
         for run in suite:
             counts = ", ".join(f"{v} {k}" for k, v in run.get("counts", {}).items()) or "no summary"
             wall = run.get("wall_s")
@@ -309,7 +325,7 @@ def format_table(results: Mapping[str, Any]) -> str:
             phases_text = (
                 f" (phases {phases:.1f}s = {split} setup/call/teardown)" if isinstance(phases, float) else ""
             )
-            what = f"--instances {run['instances']} -n {run['workers']}"
+            what = f"--instances {run['instances']} -n {run['workers']} (run {run.get('rep', 1)})"
             lines.append(f"  {what}: {wall_text}{phases_text}  {counts}{err}")
             for failed in run.get("failed_tests", [])[:4]:
                 lines.append(f"      {failed[:110]}")

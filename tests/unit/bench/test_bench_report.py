@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from bench.measure import RigSample
 from bench.plot import plot
-from bench.report import aggregate, cpu_model, evaluate_floors, format_table, stage_share
+from bench.report import aggregate, cpu_model, evaluate_floors, format_table, stage_share, suite_figures
 
 
 def _sample(
@@ -113,7 +114,10 @@ def test_table_shows_figures_floors_and_suite(samples: list[RigSample]) -> None:
     assert "time to ready, process" in table
     assert "floor p50 <= 1.5 s: met" in table
     assert "floor max <= 100 MB: MISSED" in table
-    assert "--instances 2 -n 1:    12.5s (phases 11.0s = 2.0/8.0/1.0 setup/call/teardown)  9 passed" in table
+    assert (
+        "--instances 2 -n 1 (run 1):    12.5s (phases 11.0s = 2.0/8.0/1.0 setup/call/teardown)  9 passed"
+        in table
+    )
     assert "[pytest exited 1: 1 failed in 30s]" in table
     assert "FAILED tests/integration/test_a.py::test_b" in table
     assert "N= 4: floor 0.625 s, measured 1.200 s" in table
@@ -133,3 +137,17 @@ def test_plot_writes_a_png(samples: list[RigSample], tmp_path: Path) -> None:
     path = plot(aggregate(samples), tmp_path / "p.png", "title")
     assert path is not None
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_suite_figures_summarize_each_configuration() -> None:
+    runs: list[dict[str, Any]] = [
+        {"instances": 2, "workers": 1, "wall_s": 30.0},
+        {"instances": 2, "workers": 1, "wall_s": 34.0},
+        {"instances": 2, "workers": 2, "wall_s": 16.0},
+        {"instances": 3, "workers": 2, "wall_s": 99.0, "error": "timed out after 99s"},
+        {"instances": 4, "workers": 2, "error": "tests/integration does not exist"},
+    ]
+    figures = suite_figures(runs)
+    assert set(figures) == {"n2-w1", "n2-w2"}
+    assert figures["n2-w1"]["p50"] == 32.0
+    assert figures["n2-w1"]["n"] == 2
