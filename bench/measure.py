@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -520,20 +521,16 @@ def run_suite(
         result["error"] = "tests/integration does not exist"
         return result
     t0 = time.monotonic()
-    try:
-        with log_path.open("w") as log:
-            proc = subprocess.run(
-                argv,
-                cwd=cwd,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                timeout=timeout,
-                check=False,
-            )
-        result["returncode"] = proc.returncode
-    except subprocess.TimeoutExpired:
-        result["error"] = f"timed out after {timeout:.0f}s"
+    with log_path.open("w") as log:
+        proc = subprocess.Popen(argv, cwd=cwd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            result["returncode"] = proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            result["error"] = f"timed out after {timeout:.0f}s"
+            _interrupt(proc)
+        except KeyboardInterrupt:
+            _interrupt(proc)  # pytest tears its rigs down on SIGINT
+            raise
     result["wall_s"] = time.monotonic() - t0
     text = log_path.read_text(errors="replace")
     result["counts"] = parse_pytest_summary(text)
@@ -549,6 +546,18 @@ def run_suite(
         last = text.strip().splitlines()[-1:] or [""]
         result["error"] = f"pytest exited {result['returncode']}: {last[0]}"[:2000]
     return result
+
+
+def _interrupt(proc: subprocess.Popen[bytes], grace: float = 20.0) -> None:
+    """SIGINT (pytest then tears its rigs down), SIGKILL after ``grace`` seconds."""
+    if proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGINT)
+    try:
+        proc.wait(grace)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
 
 
 def failed_tests(text: str) -> list[str]:

@@ -305,9 +305,7 @@ def format_table(results: Mapping[str, Any]) -> str:
     suite = results.get("suite")
     if suite:
         lines.append("")
-        lines.append(
-            "integration suite (wall time per run; phases = sum of its setup/call/teardown times):"
-        )
+        lines.append("integration suite (wall time per run; phases = sum of its setup/call/teardown times):")
         collect = results.get("suite_collect") or {}
         if isinstance(collect.get("wall_s"), float):
             lines.append(f"  pytest start-up + collection alone: {collect['wall_s']:.1f}s")
