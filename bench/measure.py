@@ -384,6 +384,7 @@ def _measure(
         t0 = time.monotonic()
         try:
             _start_interruptibly(rig)
+            ready_at, cpu1 = time.monotonic(), self_cpu_s()  # before the watcher's join
         except KeyboardInterrupt:
             raise
         except Exception as exc:
@@ -392,8 +393,8 @@ def _measure(
         finally:
             if watcher is not None:
                 watcher.stop()
-        sample.ready_s = time.monotonic() - t0
-        sample.harness_cpu_s = self_cpu_s() - cpu0
+        sample.ready_s = ready_at - t0
+        sample.harness_cpu_s = cpu1 - cpu0
         slowest = 0.0
         for pair in rig:
             emulator_said = clock.first(pair.name, EMULATOR_UP)
