@@ -112,7 +112,14 @@ def run(args: argparse.Namespace) -> int:
         "machine": machine_facts(),
         "git": git_facts(REPO),
         "settings": settings_facts(settings),
-        "plan": {"ns": list(ns), "mdns_ns": sorted(mdns_ns), "poll_s": 0.05},
+        "plan": {
+            "ns": list(ns),
+            "mdns_ns": sorted(mdns_ns),
+            "poll_s": 0.05,
+            "docker_ns": list(plan.docker_ns),
+            "suite": [list(x) for x in plan.suite] if args.suite else [],
+            "suite_reps": args.suite_reps,
+        },
     }
     samples: list[RigSample] = []
     loads: list[float] = []
