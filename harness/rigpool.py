@@ -235,9 +235,15 @@ class RigPool:
         to_replace: dict[int, str] = {}
         try:
             for pair in rig:
+                # A stopped firmware takes its socat bridge with it; restarting the firmware
+                # recycles the bridge. A dead emulator, or a dead bridge under a live firmware,
+                # means a new pair.
+                parts = [("emulator", pair.emulator)]
+                if pair.firmware is not None and pair.firmware.alive() is None:
+                    parts.append(("bridge", pair.bridge))
                 dead = [
-                    f"{label}: {part}: {death}"
-                    for part, handle in (("bridge", pair.bridge), ("emulator", pair.emulator))
+                    f"{part} died: {death}"
+                    for part, handle in parts
                     if handle is not None and (death := handle.alive()) is not None
                 ]
                 if dead:
