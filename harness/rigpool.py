@@ -17,6 +17,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from harness.bridge import SerialBridge
+from harness.emulators.base import EmulatorHandle
 from harness.errors import HarnessError, TeardownErrors
 from harness.pair import Pair
 from harness.reset import Baseline, capture, complete, reset_and_verify
@@ -238,7 +240,7 @@ class RigPool:
                 # A stopped firmware takes its socat bridge with it; restarting the firmware
                 # recycles the bridge. A dead emulator, or a dead bridge under a live firmware,
                 # means a new pair.
-                parts = [("emulator", pair.emulator)]
+                parts: list[tuple[str, EmulatorHandle | SerialBridge | None]] = [("emulator", pair.emulator)]
                 if pair.firmware is not None and pair.firmware.alive() is None:
                     parts.append(("bridge", pair.bridge))
                 dead = [

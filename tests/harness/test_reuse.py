@@ -250,3 +250,33 @@ def test_fresh_rig_marker_and_scopes(tmp_path: Path, run_root: Path) -> None:
     assert m["m1_one"] != m["m2_one"], m
     t = sessions["test"]
     assert len(set(t.values())) == 6, t
+
+
+HTTP_ONLY = """
+import pytest
+
+
+@pytest.mark.http_only
+def test_http_first(rig):
+    # HTTP answers; the EVSE link may still be coming up. Dirty the config over HTTP.
+    for unit in rig:
+        r = unit.api.post("/config", json={"loadsharing_group_id": "http-only"})
+        assert r.status_code == 200, r.text
+
+
+def test_needs_link(rig):
+    for unit in rig:
+        status = unit.api.get_json("/status")
+        assert status["state"] == 1, status
+        assert unit.api.get_json("/config")["loadsharing_group_id"] == ""
+"""
+
+
+def test_http_only_defers_the_link_wait_to_the_next_test(tmp_path: Path, run_root: Path) -> None:
+    result = _pytest(tmp_path, run_root, {"test_http_only.py": HTTP_ONLY}, "--instances", "3", "-q")
+    out = result.stdout
+    assert result.returncode == 0, out[-4000:]
+    assert "2 passed" in out
+    counts = summary(out)
+    assert (counts["started"], counts["reused"], counts["pairs replaced"]) == (1, 1, 0), out[-2000:]
+    assert "harness rigs: 1 deferred EVSE-link waits" in out, out[-2000:]
