@@ -69,7 +69,9 @@ EMULATOR_FIELDS = (
     "ev.max_rate_amps",
     "ev.battery_capacity_kwh",
 )
-STATUS_FIELDS = ("state", "vehicle", "manual_override")
+# /status as a test sees it right after the reset: e.g. ``amp`` lags ``state`` by one RAPI
+# cycle after an unplug, and ``pilot`` follows the EVSE's current capacity.
+STATUS_FIELDS = ("state", "vehicle", "manual_override", "amp", "pilot", "max_current")
 # Differences no reset can undo through the API (counters only grow; read-only config): no
 # point waiting for them to go away.
 UNDOABLE_NEVER = (
@@ -82,6 +84,10 @@ MANUAL_CLIENT = 65537  # §7.3: the manual override's claim
 # Reset requests allow one 5 s discovery stall of a real build (firmware.md §2.3).
 REQUEST_TIMEOUT = 10.0
 REAPPLY_AFTER = 1.0  # seconds between re-applying a reset while differences remain
+# A firmware keeps configuring its EVSE for a moment after the link is up (e.g. ``$SC`` with
+# ``max_current_soft``): a baseline is taken once two snapshots SETTLE seconds apart agree.
+SETTLE = 0.5
+SETTLE_TIMEOUT = 5.0
 
 
 class Api(Protocol):
@@ -224,10 +230,17 @@ def _status(target: Target) -> dict[str, Any]:
     return _flat(_get(target.api, "/status"), STATUS_FIELDS)
 
 
-def capture(target: Target, *, link: bool = True) -> Baseline:
-    """The pair's state now, taken as its clean baseline (``link=False``: HTTP part only)."""
-    unsupported: set[str] = set()
-    try:
+def capture(
+    target: Target,
+    *,
+    link: bool = True,
+    clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], None] = time.sleep,
+) -> Baseline:
+    """The pair's settled state, taken as its clean baseline (``link=False``: HTTP part only)."""
+
+    def snapshot() -> Baseline:
+        unsupported: set[str] = set()
         baseline = Baseline(
             config=_config(target.api),
             joined=_joined(target.api),
@@ -236,19 +249,56 @@ def capture(target: Target, *, link: bool = True) -> Baseline:
             unsupported=unsupported,
         )
         if link:
-            complete(target, baseline)
-    except ResetError as exc:
-        raise ResetError(f"[{target.name}] baseline snapshot: {exc}") from exc
-    return baseline
+            _add_link_part(target, baseline)
+        return baseline
+
+    return _settled(target, snapshot, clock, sleep)
 
 
-def complete(target: Target, baseline: Baseline) -> None:
+def complete(
+    target: Target,
+    baseline: Baseline,
+    *,
+    clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], None] = time.sleep,
+) -> None:
     """Add the EVSE part once the link is up: the emulator, ``/status``, and the config keys
     that appear only once the EVSE answered (§7.2: ``max_current_soft`` …)."""
+
+    def snapshot() -> Baseline:
+        copy = Baseline(dict(baseline.config), baseline.joined, baseline.override, baseline.claims)
+        _add_link_part(target, copy)
+        return copy
+
+    settled = _settled(target, snapshot, clock, sleep)
+    baseline.config, baseline.emulator, baseline.status = settled.config, settled.emulator, settled.status
+
+
+def _add_link_part(target: Target, baseline: Baseline) -> None:
     for key, value in _config(target.api).items():
         baseline.config.setdefault(key, value)
     baseline.emulator = _emulator(target)
     baseline.status = _status(target)
+
+
+def _settled(
+    target: Target,
+    snapshot: Callable[[], Baseline],
+    clock: Callable[[], float],
+    sleep: Callable[[float], None],
+) -> Baseline:
+    """Snapshots SETTLE s apart until two agree (or SETTLE_TIMEOUT: the last one)."""
+    start = clock()
+    try:
+        last = snapshot()
+        while True:
+            sleep(SETTLE)
+            now = snapshot()
+            if now == last or clock() - start >= SETTLE_TIMEOUT:
+                return now
+            last = now
+    except ResetError as exc:
+        raise ResetError(f"[{target.name}] baseline snapshot: {exc}") from exc
 
 
 # ---- reset ---------------------------------------------------------------------------------

@@ -14,6 +14,12 @@ from harness import reset as R
 from harness.rigpool import Stats
 
 
+@pytest.fixture(autouse=True)
+def no_settling(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The fakes are settled at once; the settling loop has its own test."""
+    monkeypatch.setattr(R, "SETTLE", 0.0)
+
+
 def response(status: int, body: Any) -> requests.Response:
     resp = requests.Response()
     resp.status_code = status
@@ -38,7 +44,7 @@ class FakeFirmware:
                                               "joined": True, "isLocal": True}]  # fmt: skip
         self.override: dict[str, Any] = {}
         self.claims: dict[int, dict[str, Any]] | None = {} if claims else None
-        self.status = {"state": 1, "vehicle": 0}
+        self.status = {"state": 1, "vehicle": 0, "amp": 0, "pilot": 32}
         self.log: list[str] = []
         self.ignore_config = False
 
@@ -282,3 +288,23 @@ def test_stats_merge_and_summary_lines() -> None:
     assert "1 pairs replaced" in lines[0]
     assert lines[1] == "harness reset: not supported by this firmware, skipped: /claims"
     assert lines[2] == "harness: rig n2 (gw1): before t: p replaced by q: emulator died"
+
+
+def test_baseline_waits_until_the_firmware_settled(monkeypatch: pytest.MonkeyPatch) -> None:
+    """After the link the firmware still sets the EVSE up ($SC): two equal snapshots needed."""
+    monkeypatch.setattr(R, "SETTLE", 0.5)
+    unit = Unit()
+    clock = Clock()
+    pilots = iter([32, 80, 80])
+    original = unit.api.request
+
+    def settling(method: str, path: str, **kw: Any) -> requests.Response:
+        if (method, path) == ("GET", "/status"):
+            unit.api.status["pilot"] = next(pilots)
+        return original(method, path, **kw)
+
+    unit.api.request = settling  # type: ignore[method-assign]
+    baseline = R.capture(unit, clock=clock, sleep=clock.sleep)
+    assert baseline.status is not None
+    assert baseline.status["pilot"] == 80
+    assert clock.now == 1.0
