@@ -9,7 +9,7 @@ import signal
 import sys
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from openevse_sim import VERSION
 from openevse_sim.cli import CliOptions, report_unknown_flag
@@ -86,13 +86,15 @@ async def run(opts: CliOptions, env: dict[str, str], started: float) -> int:
 
     from aiohttp import web  # lazy: the banner is out before the heavy imports
 
+    from openevse_sim.claims_driver import ClaimsDriver
     from openevse_sim.evse import Evse
     from openevse_sim.http_api import Api, Hooks
     from openevse_sim.http_errors import JsonErrorAppRunner
-    from openevse_sim.loadsharing import NullLoadSharing
     from openevse_sim.outbound import Outbound
     from openevse_sim.peers import PeerGroup
+    from openevse_sim.poller import Poller
     from openevse_sim.rapi import RapiClient
+    from openevse_sim.sharing import LoadSharingService, allocation_period
     from openevse_sim.status import StatusHub
 
     loop = asyncio.get_running_loop()
@@ -106,11 +108,21 @@ async def run(opts: CliOptions, env: dict[str, str], started: float) -> int:
     evse_box: list[Evse] = []
     rapi = RapiClient(opts.rapi_path, lambda tokens: evse_box[0].handle_event(tokens) if evse_box else None)
     hub = StatusHub(config, rapi, peers, local_ip, identity.long_id)
+    claims = ClaimsDriver(config, hub.publish)
+    hub.claims_fields = claims.status_fields
+
+    def on_evse_change(changes: dict[str, Any]) -> None:
+        claims.on_evse_change(changes)
+        hub.publish(changes)
+
     heartbeat = (config.int_("heartbeat_interval"), config.int_("heartbeat_current"))
-    evse = Evse(rapi, hub.publish, heartbeat)
+    evse = Evse(rapi, on_evse_change, heartbeat)
     evse_box.append(evse)
     hub.evse = evse
+    claims.evse = evse
     outbound = Outbound()
+    poller = Poller(peers, config, outbound)
+    sharing = LoadSharingService(config, peers, poller, claims, outbound, allocation_period(env))
     discovery_box: list[Discovery] = []
     api = Api(
         config,
@@ -119,7 +131,7 @@ async def run(opts: CliOptions, env: dict[str, str], started: float) -> int:
         hub,
         evse,
         outbound,
-        NullLoadSharing(),
+        sharing,
         Hooks(discover=lambda: discovery_box[0].trigger() if discovery_box else None, local_ip=local_ip),
     )
 
@@ -143,12 +155,12 @@ async def run(opts: CliOptions, env: dict[str, str], started: float) -> int:
     if problem is not None:
         err(f"Failed to open PTY port: {problem}")
     evse.start()
+    claims.start()
 
     from openevse_sim.discovery import Discovery
-    from openevse_sim.poller import Poller
 
-    poller = Poller(peers, config, outbound)
     poller.start()
+    sharing.start()
     discovery = Discovery(config, identity, peers, interfaces, env)
     discovery_box.append(discovery)
     outbound.zeroconf = discovery.zeroconf
@@ -165,6 +177,8 @@ async def run(opts: CliOptions, env: dict[str, str], started: float) -> int:
         """mDNS goodbye first (peers drop us at once), then the EVSE link, peers and sockets."""
         console.stop()
         await discovery.stop()
+        await sharing.stop()
+        await claims.stop()
         await evse.stop()
         rapi.close()
         await poller.stop()

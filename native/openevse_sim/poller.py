@@ -11,6 +11,7 @@ import contextlib
 import json
 import math
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from openevse_sim.tasks import spawn
@@ -61,6 +62,9 @@ class Poller:
         self.config = config
         self.outbound = outbound
         self.tasks: dict[str, asyncio.Task[None]] = {}
+        # Open live-feed sockets by host key: the controller's "online" test and its send path (§3.4).
+        self.sockets: dict[str, aiohttp.ClientWebSocketResponse] = {}
+        self.on_open: Callable[[str], None] | None = None  # a peer's WebSocket just opened (§3.4 push)
         self._wake = asyncio.Event()
         self._supervisor: asyncio.Task[None] | None = None
 
@@ -87,6 +91,23 @@ class Poller:
             self._wake.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), LOOP_PERIOD)
+
+    def is_open(self, host: str) -> bool:
+        """§3.4: a polled peer is online for the controller iff its WebSocket is open now."""
+        sock = self.sockets.get(host)
+        return sock is not None and not sock.closed and self._current(host) is not None
+
+    async def send(self, host: str, text: str) -> bool:
+        """A text frame on the peer's open live-feed socket (the controller's allocation frame)."""
+        sock = self.sockets.get(host)
+        if sock is None or sock.closed:
+            return False
+        try:
+            await sock.send_str(text)
+        except (ConnectionError, RuntimeError) as exc:
+            print(f"DBUG: Peer {host}: send failed: {exc!r}", flush=True)
+            return False
+        return True
 
     def _current(self, host: str) -> Peer | None:
         peer = self.peers.find(host)
@@ -152,7 +173,14 @@ class Poller:
             heartbeat=WS_PING,
             max_msg_size=1 << 20,
         ) as sock:
-            await self._read_frames(peer, sock)
+            self.sockets[peer.host] = sock
+            try:
+                if self.on_open is not None:
+                    self.on_open(peer.host)
+                await self._read_frames(peer, sock)
+            finally:
+                if self.sockets.get(peer.host) is sock:
+                    del self.sockets[peer.host]
 
     async def _read_frames(self, peer: Peer, sock: aiohttp.ClientWebSocketResponse) -> None:
         import aiohttp

@@ -36,8 +36,9 @@ class StatusHub:
         self.started = time.monotonic()
         self.subscribers: set[Subscriber] = set()
         self.live: dict[str, Any] = {"solar": 0, "grid_ie": 0, "shaper_live_pwr": 0}
-        self.claims_version = 0
-        self.override_version = 0
+        # The claims' /status keys (claims_version, override_version, manual_override, shaper,
+        # shaper_cur), set by the claims driver (§7.1).
+        self.claims_fields: Callable[[], dict[str, Any]] | None = None
         self.status_version = 0  # loadsharing_status_version
 
     def publish(self, changes: dict[str, Any]) -> None:
@@ -117,8 +118,8 @@ class StatusHub:
             "offset": "+0000",
             "uptime": int(time.monotonic() - self.started),
             "config_version": cfg.version,
-            "claims_version": self.claims_version,
-            "override_version": self.override_version,
+            "claims_version": 0,
+            "override_version": 0,
             "schedule_version": 0,
             "schedule_plan_version": 0,
             "limit_version": 0,
@@ -135,6 +136,8 @@ class StatusHub:
             "loadsharing_joined_peers": joined,
             "loadsharing_group_current_total": sum(_milliamps(p.get("amp")) for p in joined),
         }
+        if self.claims_fields is not None:
+            doc.update(self.claims_fields())
         for key in ("battery_level", "battery_range", "time_to_full_charge"):
             if key in self.live:
                 doc[key] = self.live[key]
