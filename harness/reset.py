@@ -69,9 +69,10 @@ EMULATOR_FIELDS = (
     "ev.max_rate_amps",
     "ev.battery_capacity_kwh",
 )
-# /status as a test sees it right after the reset: e.g. ``amp`` lags ``state`` by one RAPI
-# cycle after an unplug, and ``pilot`` follows the EVSE's current capacity.
-STATUS_FIELDS = ("state", "vehicle", "manual_override", "amp", "pilot", "max_current")
+# /status as a test sees it right after the reset (``amp`` lags ``state`` by one RAPI cycle
+# after an unplug). Not ``pilot``: it is the last current the firmware set or read, 32 at
+# boot and ``max_current_soft`` after its first claim evaluation, both clean.
+STATUS_FIELDS = ("state", "vehicle", "manual_override", "amp", "max_current")
 # Differences no reset can undo through the API (counters only grow; read-only config): no
 # point waiting for them to go away.
 UNDOABLE_NEVER = (
