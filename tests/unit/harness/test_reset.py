@@ -291,20 +291,20 @@ def test_stats_merge_and_summary_lines() -> None:
 
 
 def test_baseline_waits_until_the_firmware_settled(monkeypatch: pytest.MonkeyPatch) -> None:
-    """After the link the firmware still sets the EVSE up ($SC): two equal snapshots needed."""
+    """Right after the link the firmware may still be settling: two equal snapshots needed."""
     monkeypatch.setattr(R, "SETTLE", 0.5)
     unit = Unit()
     clock = Clock()
-    pilots = iter([32, 80, 80])
+    maxima = iter([32, 80, 80])
     original = unit.api.request
 
     def settling(method: str, path: str, **kw: Any) -> requests.Response:
         if (method, path) == ("GET", "/status"):
-            unit.api.status["pilot"] = next(pilots)
+            unit.api.status["max_current"] = next(maxima)
         return original(method, path, **kw)
 
     unit.api.request = settling  # type: ignore[method-assign]
     baseline = R.capture(unit, clock=clock, sleep=clock.sleep)
     assert baseline.status is not None
-    assert baseline.status["pilot"] == 80
+    assert baseline.status["max_current"] == 80
     assert clock.now == 1.0
