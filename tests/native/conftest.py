@@ -242,6 +242,16 @@ class EvseRig:
     def control(self, path: str, body: Any = None) -> requests.Response:
         return requests.post(f"http://127.0.0.1:{self.web_port}{path}", json=body, timeout=5)
 
+    def evse(self) -> dict[str, Any]:
+        """The emulator's `GET /api/evse/status` (evse.md §6): state, current_capacity, actual_current…"""
+        doc = requests.get(f"http://127.0.0.1:{self.web_port}/api/evse/status", timeout=5).json()
+        assert isinstance(doc, dict)
+        return doc
+
+    def plug_in_and_charge(self) -> None:
+        assert self.control("/api/ev/connect").status_code == 200
+        assert self.control("/api/ev/request_charge").status_code == 200
+
 
 @pytest.fixture
 def evse_factory(tmp_path: Path) -> Iterator[Callable[[str], EvseRig]]:
@@ -284,3 +294,20 @@ def evse_factory(tmp_path: Path) -> Iterator[Callable[[str], EvseRig]]:
     finally:
         for proc in reversed(procs):
             stop_process(proc)
+
+
+@pytest.fixture
+def unit_factory(
+    sim_factory: Callable[..., Sim], evse_factory: Callable[[str], EvseRig]
+) -> Callable[..., tuple[Sim, EvseRig]]:
+    """`make(name, extra=[...], env={...})` -> a stand-in linked to its own emulator, `/status.state` != 0."""
+
+    def make(
+        name: str, extra: list[str] | None = None, env: dict[str, str] | None = None
+    ) -> tuple[Sim, EvseRig]:
+        rig = evse_factory(name)
+        sim = sim_factory(name, rapi=str(rig.pty), extra=extra, env=env)
+        poll(lambda: sim.get("/status").json()["state"] != 0, START_TIMEOUT, f"{name}: EVSE link up")
+        return sim, rig
+
+    return make

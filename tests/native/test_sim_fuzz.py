@@ -162,6 +162,13 @@ def send(sim: Sim, method: str, path: str, headers: dict[str, str], body: bytes)
         conn.close()
 
 
+def documented_500(method: str, path: str, content: bytes) -> bool:
+    """The firmware's own 500s (§7.3): no override to release, or every claim slot taken."""
+    if path.split("?", 1)[0] != "/override" or method not in ("POST", "DELETE", "PATCH"):
+        return False
+    return content in (b'{"msg":"Failed to release manual override"}', b'{"msg":"Failed to claim"}')
+
+
 @settings(
     max_examples=400,
     deadline=None,
@@ -185,7 +192,7 @@ def test_generated_requests_never_5xx(
     begin = time.monotonic()
     status, content, ctype = send(target, method, path, headers, body)
     assert time.monotonic() - begin < REQUEST_TIMEOUT
-    assert status < 500, (method, path, status, content[:200])
+    assert status < 500 or documented_500(method, path, content), (method, path, status, content[:200])
     if status >= 400 and method != "HEAD":
         # Every rejection is the firmware's JSON envelope.
         assert ctype.startswith("application/json"), (method, path, status, content[:200])
