@@ -131,9 +131,15 @@ class ClaimsDriver:
             return
         pause_disabled = self.config.bool_("pause_uses_disabled")
         now_state = STATE_DISABLED if evse.state in (254, 255) else STATE_ACTIVE
+        # Never ask for more than the hardware allows: a clamped `$NK` would be re-sent forever.
+        ceiling = (
+            min(evse.max_current_soft, evse.max_current_hard)
+            if evse.max_current_hard
+            else evse.max_current_soft
+        )
         commands = self.table.evse_commands(
             evse.min_current_hard,
-            evse.max_current_soft,
+            ceiling,
             pause_uses_disabled=pause_disabled,
             evse_state=now_state,
             pilot=evse.pilot,

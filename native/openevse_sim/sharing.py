@@ -22,6 +22,7 @@ import contextlib
 import json
 import math
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from openevse_sim.allocation import (
@@ -94,6 +95,7 @@ class LoadSharingService:
         claims: ClaimsDriver,
         outbound: Outbound,
         period: float = DEFAULT_PERIOD,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.config = config
         self.peers = peers
@@ -101,6 +103,7 @@ class LoadSharingService:
         self.claims = claims
         self.outbound = outbound
         self.period = period
+        self.clock = clock
         self.rotation = Rotation()
         self._rows: list[dict[str, Any]] = []
         self._controller_failsafe = False
@@ -139,7 +142,7 @@ class LoadSharingService:
         target = frame.get("target_current")
         if isinstance(target, bool) or not isinstance(target, int | float) or not math.isfinite(target):
             return
-        self._last_frame = time.monotonic()
+        self._last_frame = self.clock()
         reason = frame.get("reason")
         print(f"DBUG: Allocation received: {target} A ({reason})", flush=True)
         self._hold(shaper_claim(max(0.0, float(target)), self._evse_min()), ALLOCATION)
@@ -165,7 +168,7 @@ class LoadSharingService:
     def _member_failsafe(self) -> bool:
         if not self.config.str_("loadsharing_controller_host") or self._last_frame is None:
             return True
-        return time.monotonic() - self._last_frame > self._timeout()
+        return self.clock() - self._last_frame > self._timeout()
 
     def _failsafe_claim(self) -> None:
         mode = self.config.str_("loadsharing_failsafe_mode")
@@ -239,7 +242,7 @@ class LoadSharingService:
         local = self._self_input()
         joined = list(self.peers.joined())
         inputs = [local] + [self._peer_input(p, local) for p in joined]
-        offset = self.rotation.offset_at(time.monotonic(), settings.rotation_interval, contenders(inputs))
+        offset = self.rotation.offset_at(self.clock(), settings.rotation_interval, contenders(inputs))
         rows = allocate(inputs, settings, rotation_offset=offset)
         self._rows = [row.to_json() for row in rows]
         self._controller_failsafe = failsafe_active(inputs, settings)

@@ -55,6 +55,13 @@ def member_of(member: Sim) -> Callable[[], dict[str, Any] | None]:
     return check
 
 
+def m2_seen_plugged(ctrl: Sim, member: Sim) -> bool:
+    key = host_key(ctrl, member)
+    row = next((p for p in ctrl.ls_status()["peers"] if p["host"] == key), None)
+    status = (row or {}).get("status", {})
+    return bool(status.get("vehicle") == 1 and status.get("state") == 254)
+
+
 def shaper_claim(sim: Sim) -> dict[str, Any] | None:
     response = sim.get(f"/claims/{SHAPER}")
     return response.json() if response.status_code == 200 else None
@@ -138,6 +145,16 @@ def test_three_units_share_32_a_equally_then_redistribute(unit_factory: Callable
         "max_current": 0,
         "auto_release": False,
     }
+
+    # §3.4 (a), modelled as the firmware has it: a slept port is never "demanding" again (state
+    # 254 is excluded), so plugging a car back in leaves it idle. m1's unplug forces a run that
+    # must have seen m2's car; the controller then gets the whole budget and m2 stays at 0 A.
+    rig2.plug_in_and_charge()
+    poll(lambda: m2_seen_plugged(ctrl, m2), 15, "controller sees m2's car on a sleeping port")
+    assert rig1.control("/api/ev/disconnect").status_code == 200
+    alone = {"self": (32.0, "equal_share"), m1.hostname: (0.0, "idle"), m2.hostname: (0.0, "idle")}
+    poll(lambda: equal(alone), 20, "32 A to the controller alone")
+    assert rig2.evse()["state"] == 254
 
     # Removing a member sends it the config reset (§1.4): it leaves the group and drops the limit.
     key = host_key(ctrl, m2)
