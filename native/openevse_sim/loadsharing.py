@@ -1,7 +1,8 @@
-"""Seam for roles, allocation and failsafe (firmware.md §3.4), which the stand-in does not model yet.
+"""Seam for roles, allocation and failsafe (firmware.md §3.4).
 
-The HTTP layer and `/ws` call these hooks; a later implementation (built on `allocation.py`
-and `claims.py`) replaces `NullLoadSharing` without touching the HTTP code."""
+The HTTP layer and `/ws` call these hooks. `sharing.LoadSharingService` (built on
+`allocation.py`, `claims.py` and `claims_driver.py`) is what `app.py` wires in;
+`NullLoadSharing` remains for tests that need a unit without roles."""
 
 from __future__ import annotations
 
