@@ -1,4 +1,4 @@
-"""``python -m bench``: measure, print the table, write ``bench/out/results.json`` and the plot."""
+"""`python -m bench`: measure, print the table, write bench/out/results.json and the plot."""
 
 from __future__ import annotations
 
@@ -44,9 +44,22 @@ FULL = Plan((1, 2, 4, 8, 16), (2, 4, 8), (1, 2, 4), ((2, 1), (3, 1), (4, 1), (2,
 QUICK = Plan((1, 2, 4), (2, 4), (1, 2), ((2, 1),))
 
 
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"needs a positive number, not {text}")
+    return value
+
+
+def _sizes_arg(text: str) -> str:
+    for part in text.split(","):
+        _positive(part.strip())
+    return text
+
+
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
-    p.add_argument("--reps", type=int, default=None, help="repetitions per figure (default 5, quick 2)")
+    p.add_argument("--reps", type=_positive, default=None, help="repetitions per figure (default 5, quick 2)")
     p.add_argument("--quick", action="store_true", help="a short run: N = 1, 2, 4, two reps, one suite run")
     p.add_argument(
         "--suite", action=argparse.BooleanOptionalAction, default=True, help="time the integration suite"
@@ -57,8 +70,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         default=None,
         help="also measure the docker emulator backend (default: when an engine and the image exist)",
     )
-    p.add_argument("--suite-reps", type=int, default=1, help="runs of each suite configuration (default 1)")
-    p.add_argument("--ns", default=None, help="rig sizes for time to ready, e.g. 1,2,4,8,16")
+    p.add_argument(
+        "--suite-reps", type=_positive, default=1, help="runs of each suite configuration (default 1)"
+    )
+    p.add_argument("--ns", type=_sizes_arg, default=None, help="rig sizes for time to ready, e.g. 1,2,4,8,16")
     p.add_argument("--out", type=Path, default=REPO / "bench" / "out", help="output directory")
     return p.parse_args(argv)
 

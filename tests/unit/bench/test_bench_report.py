@@ -151,3 +151,20 @@ def test_suite_figures_summarize_each_configuration() -> None:
     assert set(figures) == {"n2-w1", "n2-w2"}
     assert figures["n2-w1"]["p50"] == 32.0
     assert figures["n2-w1"]["n"] == 2
+
+
+def test_command_line_rejects_non_positive_counts() -> None:
+    from bench.__main__ import parse_args
+
+    args = parse_args(["--quick", "--reps", "3", "--ns", "1,4", "--no-suite", "--suite-reps", "2"])
+    assert (args.quick, args.reps, args.ns, args.suite, args.suite_reps, args.docker) == (
+        True,
+        3,
+        "1,4",
+        False,
+        2,
+        None,
+    )
+    for bad in (["--reps", "0"], ["--ns", "1,-2"], ["--suite-reps", "x"]):
+        with pytest.raises(SystemExit):
+            parse_args(bad)
