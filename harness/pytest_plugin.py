@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import threading
 from collections.abc import Callable, Generator, Iterator
 from pathlib import Path
 from typing import Any
@@ -62,6 +63,13 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         default="session",
         help="reuse a ready rig (reset and verified between tests) per test, module or session "
         "(default session; test = a brand-new rig for every test)",
+    )
+    group.addoption(
+        "--rig-prestart",
+        choices=["auto", "on", "off"],
+        default="auto",
+        help="start the rigs the collected tests need in the background, all at once "
+        "(auto: on for a real build, whose EVSE link takes ~10 s; off for the stand-in)",
     )
 
 
@@ -187,17 +195,46 @@ def _harness_pool(
 ) -> Iterator[RigPool]:
     """This process's pool of ready rigs; every rig in it is stopped when the session ends."""
     config = request.config
+    tmp_path_factory.getbasetemp()  # created here, once: prestart threads only make subdirs
+    lock = threading.Lock()
+
+    def workdir(n: int) -> Path:
+        with lock:
+            return tmp_path_factory.mktemp(f"rig-n{n}-")
+
     pool = RigPool(
         harness_settings,
         scope=str(config.getoption("--rig-scope")),
-        workdir=lambda n: tmp_path_factory.mktemp(f"rig-n{n}-"),
+        workdir=workdir,
         worker=os.environ.get("PYTEST_XDIST_WORKER", "main"),
     )
     config.stash[POOL] = pool
+    prestart = str(config.getoption("--rig-prestart"))
+    pool.plan(
+        _demand(request.session.items),
+        prestart=prestart == "on" or (prestart == "auto" and not harness_settings.is_stand_in),
+    )
     try:
         yield pool
     finally:
         pool.close()
+
+
+def _demand(items: list[pytest.Item]) -> list[tuple[str, int, bool]]:
+    """(test, rig size, fresh) per collected test, as far as the fixtures tell before it
+    runs (``multi_instance_group(n)`` says its size only when called)."""
+    demand = []
+    for item in items:
+        names = getattr(item, "fixturenames", ())
+        fresh = item.get_closest_marker("fresh_rig") is not None
+        params = getattr(getattr(item, "callspec", None), "params", {})
+        if "rig" in names and "rig" in params:
+            demand.append((item.nodeid, int(params["rig"]), fresh))
+        if "instance_pair" in names:
+            demand.append((item.nodeid, 1, fresh))
+        if "multi_instance_group" in names:
+            demand.append((item.nodeid, 0, fresh))  # size known only when called
+    return demand
 
 
 class _Rigs:
@@ -212,6 +249,7 @@ class _Rigs:
     def start(self, n: int) -> Rig:
         node = self.request.node
         module = getattr(getattr(node, "module", None), "__name__", None)
+        self.pool.at(node.nodeid)
         try:
             lease = self.pool.acquire(
                 n,

@@ -5,13 +5,22 @@ size ``n`` after ``harness.reset.reset_and_verify`` on every pair, or starts a n
 ``release`` puts it back (or closes it: scope ``test``, a ``fresh`` lease). A pair whose
 reset fails or does not verify is replaced (stopped, a new one started in its slot); a
 firmware whose process died is restarted first. ``close()`` stops every rig, in parallel.
-``stats`` counts and times all of it for the terminal summary."""
+``stats`` counts and times all of it for the terminal summary.
+
+Planning (``plan()``, then ``at(test)`` as each test starts): the pool knows which sizes the
+collected tests ask for, in order. A pooled rig whose size no later test needs is stopped
+when it is given back (fewer live units: less CPU, shorter peer lists). With prestart, rigs
+are started in the background ahead of need: one per size for reuse, all at once, and one
+spare for the next ``fresh`` test (one at a time, to keep the number of live units down). A
+real build's ≈ 10 s EVSE-link wait then overlaps with other tests instead of adding up."""
 
 from __future__ import annotations
 
+import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -136,6 +145,107 @@ class RigPool:
         self.leased: list[Pooled] = []
         self.stats = Stats()
         self._closed = False
+        self.warming: list[tuple[int, bool, Future[Pooled]]] = []  # size, for a fresh test
+        self._starting: set[Rig] = set()
+        self._lock = threading.Lock()
+        self._bg: ThreadPoolExecutor | None = None
+        self._remaining: Counter[tuple[int, bool]] = Counter()  # (size, fresh) → tests to come
+        self._order: list[tuple[str, int, bool]] = []  # (test, size, fresh) in run order
+        self._cursor = 0
+        self._fresh_taken = -1  # order index of the last test that took a fresh rig
+        self._unknown: list[int] = []  # order indices of tests whose sizes show only when run
+        self._per_test: dict[str, Counter[tuple[int, bool]]] = {}
+        self._planned = False
+        self._prestart = False
+
+    # ---- prestart --------------------------------------------------------------------------
+
+    def plan(self, demand: list[tuple[str, int, bool]], *, prestart: bool) -> None:
+        """(test, size, fresh) of each test to run, in order (size 0: not known before the
+        test runs); with ``prestart``, start what they need in the background now."""
+        self._order = [(t, n, fresh or self.scope == "test") for t, n, fresh in demand]
+        self._unknown = [i for i, (_, n, _) in enumerate(self._order) if n == 0]
+        known = [(t, n, fresh) for t, n, fresh in self._order if n != 0]
+        self._remaining = Counter((n, fresh) for _, n, fresh in known)
+        for t, n, fresh in known:
+            self._per_test.setdefault(t, Counter())[(n, fresh)] += 1
+        self._planned = True
+        self._prestart = prestart
+        self._top_up()
+
+    def at(self, test: str) -> None:
+        """``test`` is about to run (its place in the plan moves the prestart window)."""
+        for i in range(self._cursor, len(self._order)):
+            if self._order[i][0] == test:
+                self._cursor = i
+                break
+        self._top_up()
+
+    def _top_up(self) -> None:
+        """Prestart what is missing: a pooled rig for each size later tests reuse, and a
+        spare for the next fresh test."""
+        if not self._prestart or self._closed:
+            return
+        live = {p.n for p in self.idle + self.leased if not p.fresh}
+        live |= {n for n, fresh, _ in self.warming if not fresh}
+        for n in sorted({n for (n, fresh), left in self._remaining.items() if left > 0 and not fresh}):
+            if n not in live:
+                self._submit(n, fresh=False)
+        if any(fresh for _, fresh, _ in self.warming):
+            return
+        start = max(self._cursor, self._fresh_taken + 1)
+        upcoming = next((n for _, n, fresh in self._order[start:] if fresh and n), None)
+        if upcoming is not None:
+            self._submit(upcoming, fresh=True)
+
+    def _submit(self, n: int, *, fresh: bool) -> None:
+        if self._bg is None:
+            self._bg = ThreadPoolExecutor(max_workers=8, thread_name_prefix="rigpool-prestart")
+        self.warming.append((n, fresh, self._bg.submit(self._start_detached, n)))
+
+    def _start_detached(self, n: int) -> Pooled:
+        """A started rig with baselines, owned by nobody yet (closed here if it fails)."""
+        t0 = time.monotonic()
+        rig = self._factory(n, self._workdir(n))
+        with self._lock:
+            if self._closed:
+                raise HarnessError("the rig pool closed before this prestart began")
+            self._starting.add(rig)
+        try:
+            rig.start()
+            pooled = Pooled(rig, n, None, False, self._capture_all(rig, link=True), linked=True)
+        except BaseException:
+            try:
+                rig.close()
+            finally:
+                with self._lock:
+                    self._starting.discard(rig)
+                    self.stats.torn_down += 1
+            raise
+        finally:
+            with self._lock:
+                self.stats.started += 1
+                self.stats.start_s += time.monotonic() - t0
+        with self._lock:
+            self._starting.discard(rig)
+        return pooled
+
+    def _take_warming(self, n: int, module: str | None, fresh: bool) -> Pooled | None:
+        sized = [e for e in self.warming if e[0] == n]
+        entry = next((e for e in sized if e[1] == fresh), sized[0] if sized else None)
+        if entry is None:
+            return None
+        fut = entry[2]
+        try:
+            pooled = fut.result()  # its start error is this test's, as a start here would be
+        except BaseException:
+            if fut.done():  # else interrupted while waiting: close() stops it
+                self.warming.remove(entry)
+            raise
+        self.warming.remove(entry)
+        pooled.module, pooled.fresh = module, fresh
+        self.leased.append(pooled)
+        return pooled
 
     # ---- hand out --------------------------------------------------------------------------
 
@@ -148,7 +258,21 @@ class RigPool:
             raise HarnessError("the rig pool is closed (session ending)")
         if self.scope == "module":
             self._close_where(lambda p: p.module != module)
-        if not fresh and self.scope != "test":
+        fresh = fresh or self.scope == "test"
+        key = (n, fresh)
+        mine = self._per_test.get(test) if self._planned else None
+        if mine is not None and mine[key] > 0:  # a lease the plan foresaw: one fewer to come
+            mine[key] -= 1
+            self._remaining[key] -= 1
+        if fresh:
+            self._fresh_taken = self._cursor
+        try:
+            return self._acquire(n, test, module, fresh, http_only)
+        finally:
+            self._top_up()
+
+    def _acquire(self, n: int, test: str, module: str | None, fresh: bool, http_only: bool) -> Lease:
+        if not fresh:
             pooled = next((p for p in self.idle if p.n == n), None)
             if pooled is not None:
                 self.idle.remove(pooled)
@@ -164,7 +288,10 @@ class RigPool:
                     return Lease(pooled, reused=True, notes=notes)
                 # _prepare gave up on it (and closed it): start a new one below.
                 self.stats.event(f"rig n{n} ({self.worker}) discarded before {test}: " + "; ".join(notes))
-        return Lease(self._start(n, module, fresh or self.scope == "test", http_only), reused=False)
+        warm = self._take_warming(n, module, fresh)
+        if warm is not None:
+            return Lease(warm, reused=False)
+        return Lease(self._start(n, module, fresh, http_only), reused=False)
 
     def release(self, lease: Lease) -> None:
         """Back to the pool, or closed (scope ``test``, a fresh lease, a closed pool)."""
@@ -172,7 +299,12 @@ class RigPool:
         if pooled not in self.leased:
             return
         self.leased.remove(pooled)
-        if pooled.fresh or self.scope == "test" or self._closed:
+        unneeded = (
+            self._planned
+            and self._remaining[(pooled.n, False)] == 0
+            and not any(i >= self._cursor for i in self._unknown)
+        )
+        if pooled.fresh or self.scope == "test" or self._closed or unneeded:
             self._close(pooled)
         else:
             self.idle.append(pooled)
@@ -183,8 +315,22 @@ class RigPool:
             self._close_where(lambda p: True)
 
     def close(self) -> None:
-        """Stop every rig (idle and leased) in parallel; raises ``TeardownErrors`` at the end."""
-        self._closed = True
+        """Stop every rig (idle, leased, still starting) in parallel; raises ``TeardownErrors``
+        at the end."""
+        with self._lock:
+            self._closed = True
+            for rig in self._starting:
+                rig.abort()  # prestarts give up at their next poll and close their rig
+        warming, self.warming = self.warming, []
+        for _, _, fut in warming:
+            fut.cancel()
+        ready = []
+        for _, _, fut in warming:
+            if not fut.cancelled() and fut.exception() is None:
+                ready.append(fut.result())
+        if self._bg is not None:
+            self._bg.shutdown(wait=True)
+        self.idle.extend(ready)
         self._close_where(lambda p: True, leased_too=True)
 
     # ---- start -----------------------------------------------------------------------------
@@ -202,8 +348,9 @@ class RigPool:
             self._close(pooled)
             raise
         finally:
-            self.stats.started += 1
-            self.stats.start_s += time.monotonic() - t0
+            with self._lock:
+                self.stats.started += 1
+                self.stats.start_s += time.monotonic() - t0
         return pooled
 
     @staticmethod
@@ -333,8 +480,9 @@ class RigPool:
             for fut in [ex.submit(p.rig.close) for p in chosen]:
                 if (exc := fut.exception()) is not None:
                     errors.extend(exc.errors if isinstance(exc, TeardownErrors) else [exc])
-        self.stats.torn_down += len(chosen)
-        self.stats.teardown_s += time.monotonic() - t0
+        with self._lock:
+            self.stats.torn_down += len(chosen)
+            self.stats.teardown_s += time.monotonic() - t0
         if errors:
             raise TeardownErrors(errors)
 

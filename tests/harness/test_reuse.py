@@ -280,3 +280,48 @@ def test_http_only_defers_the_link_wait_to_the_next_test(tmp_path: Path, run_roo
     counts = summary(out)
     assert (counts["started"], counts["reused"], counts["pairs replaced"]) == (1, 1, 0), out[-2000:]
     assert "harness rigs: 1 deferred EVSE-link waits" in out, out[-2000:]
+
+
+def test_fresh_rig_and_reuse_with_prestart(tmp_path: Path, run_root: Path) -> None:
+    """With prestart, rigs start in the background ahead of need; the same contract holds."""
+    files = {"test_m1.py": SCOPES.replace("{mod}", "m1"), "test_m2.py": SCOPES.replace("{mod}", "m2")}
+    result = _pytest(tmp_path, run_root, files, "--instances", "2", "-q", "--rig-prestart", "on")
+    assert result.returncode == 0, result.stdout[-4000:]
+    s = {k: str(v["session"]) for k, v in outputs(tmp_path).items()}
+    assert s["m1_one"] == s["m1_two"] == s["m2_one"] == s["m2_two"], s
+    assert len({s["m1_one"], s["m1_fresh"], s["m2_fresh"]}) == 3, s
+    counts = summary(result.stdout)
+    # One pooled rig and one spare per fresh test, started ahead; all stopped.
+    assert (counts["started"], counts["reused"], counts["torn down"]) == (3, 3, 3), result.stdout[-2000:]
+    assert list((run_root / "sessions").iterdir()) == []
+
+
+EARLY_CLOSE = """
+import json
+import os
+from pathlib import Path
+
+OUT = Path(os.environ["REUSE_OUT"])
+
+
+def test_first(rig):
+    assert rig[0].api.get_json("/status")["state"] != 0
+
+
+def test_last(rig):
+    pids = [p.firmware.pid for p in rig]
+    if len(rig) == 2:
+        (OUT / "n2.json").write_text(json.dumps(pids))
+        return
+    # The n2 rig was stopped when given back: no later test needs a rig of 2.
+    for pid in json.loads((OUT / "n2.json").read_text()):
+        assert not Path(f"/proc/{pid}").exists() or "zombie" in Path(f"/proc/{pid}/status").read_text()
+"""
+
+
+def test_a_rig_no_later_test_needs_is_stopped_when_given_back(tmp_path: Path, run_root: Path) -> None:
+    result = _pytest(tmp_path, run_root, {"test_early.py": EARLY_CLOSE}, "--instances", "2,3", "-q")
+    assert result.returncode == 0, result.stdout[-4000:]
+    assert "4 passed" in result.stdout
+    counts = summary(result.stdout)
+    assert (counts["started"], counts["reused"], counts["torn down"]) == (2, 2, 2), result.stdout[-2000:]
