@@ -204,6 +204,12 @@ class Pair:
         extra: dict[str, str] = {}
         if self.settings.mdns_interfaces is not None:
             extra["OPENEVSE_SIM_MDNS_INTERFACES"] = ",".join(self.settings.mdns_interfaces)
+        if self.settings.is_stand_in:
+            # Every rig on this machine shares the loopback mDNS domain: far more units than a
+            # LAN, from unrelated runs. The real query keeps only 20 results (firmware.md §2.2),
+            # so with that cap a unit could miss its own rig's peers because of someone else's
+            # run. A real build's mDNS runs where the user put it, which the harness does not touch.
+            extra["OPENEVSE_SIM_MAX_RESULTS"] = "1000"
         return Firmware(
             instance=self.name,
             argv=self.settings.firmware_argv,

@@ -27,7 +27,7 @@ SERVICE = "_openevse._tcp.local."
 SWEEP_PERIOD = 10.0  # after the previous sweep start (§2.3)
 DEFAULT_WINDOW = 1.0  # how long a sweep collects answers; the real query runs up to 5 s
 QUERY_TIMEOUT = 5.0  # a sweep never runs longer than the real query timeout (§2.3)
-MAX_RESULTS = 20
+MAX_RESULTS = 20  # the real query's result cap (§2.2); OPENEVSE_SIM_MAX_RESULTS overrides it
 
 
 @dataclass(frozen=True)
@@ -139,6 +139,10 @@ class Discovery:
             self.window = float(env.get("OPENEVSE_SIM_SWEEP_SECONDS", DEFAULT_WINDOW))
         except ValueError:
             self.window = DEFAULT_WINDOW
+        try:
+            self.max_results = max(1, int(env.get("OPENEVSE_SIM_MAX_RESULTS", MAX_RESULTS)))
+        except ValueError:
+            self.max_results = MAX_RESULTS
         self._trigger = asyncio.Event()
         self._tasks: list[asyncio.Task[Any]] = []
         self._azc: Any = None
@@ -231,7 +235,7 @@ class Discovery:
             peer_id = result.txt.get("id", "")
             print(f"DBUG: Found peer: {result.instance} {result.ip}:{result.port} id={peer_id}", flush=True)
             results.append(result)
-        self.reconcile(results[:MAX_RESULTS])
+        self.reconcile(results[: self.max_results])
         elapsed_ms = int((time.monotonic() - started) * 1000)
         print(f"DBUG: Query complete in {elapsed_ms} ms, found {len(results)} peers", flush=True)
 
