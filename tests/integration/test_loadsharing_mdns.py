@@ -8,6 +8,7 @@ and never about the length of a list.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -70,13 +71,14 @@ def test_every_unit_is_advertised(rig: Group, mdns_interfaces: list[str]) -> Non
 def check_discovered(observer: Unit, other: Unit, rows: list[dict[str, Any]]) -> dict[str, Any]:
     """``other`` is listed on ``observer`` as a discovered, online, not-joined entry (§2.4)."""
     row = row_of(rows, other)
-    assert row["online"] is True, row
-    assert row["joined"] is False, f"no auto-join from discovery (§2.4): {row}"
-    assert row["isLocal"] is False, row
-    assert row["name"] == other.hostname, row
-    assert row["host"] in (f"{other.hostname}.local", final_host(other)), row
-    assert row["url"].startswith("http://"), row
-    assert row["url"].endswith(f":{other.firmware_port}"), row
+    where = f"unit {observer.index} lists unit {other.index} as {row}"
+    assert row["online"] is True, f"not online: {where}"
+    assert row["joined"] is False, f"no auto-join from discovery (§2.4): {where}"
+    assert row["isLocal"] is False, where
+    assert row["name"] == other.hostname, f"name: {where}"
+    assert row["host"] in (f"{other.hostname}.local", final_host(other)), f"host: {where}"
+    assert row["url"].startswith("http://"), f"url: {where}"
+    assert row["url"].endswith(f":{other.firmware_port}"), f"url port: {where}"
     return row
 
 
@@ -89,20 +91,27 @@ def test_discovery_lists_every_other_unit(
     members = units(rig)
     for unit in members:
         expect_msg(unit.api.post("/loadsharing/discover"), 200, "done")
+    deadline = time.monotonic() + DISCOVERY_DEADLINE
 
-    def all_discovered() -> None:
-        for observer in members:
+    def lists_all_others(observer: Unit) -> Callable[[], None]:
+        def check() -> None:
             rows = get_peers(observer)
             for other in members:
                 if other is not observer:
                     check_discovered(observer, other, rows)
             selves = matching(rows, peer_id=observer.long_id)
-            assert len(selves) == 1, f"self filter (§2.2): {selves}"
-            assert selves[0]["isLocal"] is True, selves
+            assert len(selves) == 1, f"self filter (§2.2): unit {observer.index} lists itself: {selves}"
+            assert selves[0]["isLocal"] is True, f"{selves}"
 
-    eventually(
-        all_discovered, timeout=DISCOVERY_DEADLINE, what=f"all {len(members)} units discover each other"
-    )
+        return check
+
+    # Each unit in turn, all within one deadline counted from the POSTs.
+    for observer in members:
+        eventually(
+            lists_all_others(observer),
+            timeout=max(0.0, deadline - time.monotonic()),
+            what=f"unit {observer.index} lists all {len(members) - 1} others",
+        )
 
 
 @pytest.mark.slow
