@@ -109,10 +109,18 @@ class NotYet(Exception):
 _RETRY = (AssertionError, NotYet, requests.RequestException, ValueError)
 
 
-def eventually(check: Callable[[], T], *, timeout: float, what: str, interval: float = POLL_INTERVAL) -> T:
+def eventually(
+    check: Callable[[], T],
+    *,
+    timeout: float,
+    what: str,
+    interval: float = POLL_INTERVAL,
+    diagnose: Callable[[], str] | None = None,
+) -> T:
     """Call ``check`` until it returns without raising (an assert failing, ``NotYet``, an HTTP
     error or unparsable JSON mean "not yet"); return its result. At the deadline, fail the
-    test with the last reason seen. The only way this suite waits."""
+    test with the last reason seen (plus ``diagnose()``, if given). The only way this suite
+    waits."""
     start = time.monotonic()
     attempts = 0
     while True:
@@ -123,8 +131,10 @@ def eventually(check: Callable[[], T], *, timeout: float, what: str, interval: f
             last = f"{type(exc).__name__}: {exc}"
         elapsed = time.monotonic() - start
         if elapsed >= timeout:
+            note = f"\n{diagnose()}" if diagnose is not None else ""
             pytest.fail(
-                f"{what}: not within {timeout:.1f}s ({attempts} attempts, {elapsed:.1f}s); last: {last}",
+                f"{what}: not within {timeout:.1f}s ({attempts} attempts, {elapsed:.1f}s); "
+                f"last: {last}{note}",
                 pytrace=False,
             )
         time.sleep(min(interval, timeout - elapsed))

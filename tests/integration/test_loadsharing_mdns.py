@@ -39,6 +39,20 @@ DISCOVERY_BUG = (
 )
 
 
+# §2.2: a sweep keeps at most 20 results.
+MAX_RESULTS = 20
+
+
+def crowd_note(interfaces: list[str]) -> str:
+    """Failure diagnosis: how crowded this mDNS network is. With more than 20 units advertised,
+    a unit may legitimately not list all of its own rig (§2.2)."""
+    seen = browse(interfaces=interfaces, timeout=3.0)
+    return (
+        f"{len(seen)} _openevse._tcp services visible on {interfaces} right now "
+        f"(a sweep keeps at most {MAX_RESULTS}, firmware.md §2.2)"
+    )
+
+
 def final_host(unit: Unit) -> str:
     """§2.4: a discovered entry's host ends as ``<instance>.local:<port>`` (port not 80/443)."""
     return f"{unit.hostname}.local:{unit.firmware_port}"
@@ -111,6 +125,7 @@ def test_discovery_lists_every_other_unit(
             lists_all_others(observer),
             timeout=max(0.0, deadline - time.monotonic()),
             what=f"unit {observer.index} lists all {len(members) - 1} others",
+            diagnose=lambda: crowd_note(mdns_interfaces),
         )
 
 
@@ -131,7 +146,12 @@ def test_discovered_peer_join_rename_delete(
         rows = get_peers(u0)
         return {o.long_id: check_discovered(u0, o, rows)["host"] for o in others}
 
-    listed = eventually(discovered, timeout=DISCOVERY_DEADLINE, what="unit0 discovers the others")
+    listed = eventually(
+        discovered,
+        timeout=DISCOVERY_DEADLINE,
+        what="unit0 discovers the others",
+        diagnose=lambda: crowd_note(mdns_interfaces),
+    )
 
     for other in others:
         # reciprocal false: the far side would be told "<unit0>.local", which only mDNS resolves
