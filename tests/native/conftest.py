@@ -25,6 +25,7 @@ import requests
 REPO = Path(__file__).resolve().parents[2]
 LAUNCHER = REPO / "native" / "openevse-sim"
 START_TIMEOUT = 15.0  # generous: 2 shared cores; the measured figure is ~0.3 s
+LINK_TIMEOUT = 30.0  # `/status.state != 0` over socat + emulator (the harness allows 30 s too)
 PORT_RANGE = (21000, 31000)  # below the kernel's ephemeral range (engineering.md §5)
 
 T = TypeVar("T")
@@ -307,7 +308,8 @@ def unit_factory(
     ) -> tuple[Sim, EvseRig]:
         rig = evse_factory(name)
         sim = sim_factory(name, rapi=str(rig.pty), extra=extra, env=env)
-        poll(lambda: sim.get("/status").json()["state"] != 0, START_TIMEOUT, f"{name}: EVSE link up")
+        # Generous: a `$GV` lost while socat connects is retried after 10 s (§5.4), more under load.
+        poll(lambda: sim.get("/status").json()["state"] != 0, LINK_TIMEOUT, f"{name}: EVSE link up")
         return sim, rig
 
     return make

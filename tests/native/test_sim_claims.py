@@ -26,17 +26,10 @@ def call(sim: Sim, method: str, path: str, body: Any = None, data: bytes | None 
     return response.status_code, response.json() if response.content else None
 
 
-def linked(sim_factory: Callable[..., Sim], evse_factory: Callable[[str], EvseRig]) -> tuple[Sim, EvseRig]:
-    rig = evse_factory("a")
-    sim = sim_factory("a", rapi=str(rig.pty))
-    poll(lambda: sim.get("/status").json()["state"] != 0, 15, "EVSE link up")
-    return sim, rig
-
-
 def test_override_get_post_patch_delete_drive_the_evse(
-    sim_factory: Callable[..., Sim], evse_factory: Callable[[str], EvseRig]
+    unit_factory: Callable[..., tuple[Sim, EvseRig]],
 ) -> None:
-    sim, rig = linked(sim_factory, evse_factory)
+    sim, rig = unit_factory("a")
     assert call(sim, "GET", "/override") == (200, {})
     assert call(sim, "GET", "/claims") == (200, [])
     idle_target = {"properties": {"state": "active", "auto_release": False}, "claims": {}}
@@ -87,9 +80,9 @@ def test_override_get_post_patch_delete_drive_the_evse(
 
 
 def test_claims_endpoints_and_priorities(
-    sim_factory: Callable[..., Sim], evse_factory: Callable[[str], EvseRig]
+    unit_factory: Callable[..., tuple[Sim, EvseRig]],
 ) -> None:
-    sim, rig = linked(sim_factory, evse_factory)
+    sim, rig = unit_factory("a")
     path = f"/claims/{API_CLIENT}"
     assert call(sim, "GET", path) == (404, {"msg": "Not found"})
     assert call(sim, "POST", path, {"max_current": 10}) == (200, {"msg": "done"})
@@ -118,9 +111,9 @@ def test_claims_endpoints_and_priorities(
 
 
 def test_unplugging_ends_an_auto_release_override(
-    sim_factory: Callable[..., Sim], evse_factory: Callable[[str], EvseRig]
+    unit_factory: Callable[..., tuple[Sim, EvseRig]],
 ) -> None:
-    sim, rig = linked(sim_factory, evse_factory)
+    sim, rig = unit_factory("a")
     assert rig.control("/api/ev/connect").status_code == 200
     assert rig.control("/api/ev/request_charge").status_code == 200
     poll(lambda: sim.get("/status").json()["state"] == 3, 10, "charging")
