@@ -130,6 +130,9 @@ class Sim:
         self.runs += 1
         env = os.environ.copy()
         env["OPENEVSE_CHIP_ID"] = f"0x{self.chip_id:016X}"
+        # Every run on this machine shares the loopback mDNS domain; with the real 20-result cap
+        # (firmware.md §2.2) unrelated units could crowd out ours. A test of the cap sets it back.
+        env["OPENEVSE_SIM_MAX_RESULTS"] = "1000"
         env.update(self.env_extra)
         self.cwd.mkdir(parents=True, exist_ok=True)
         begin = time.monotonic()
