@@ -250,6 +250,7 @@ class _Rigs:
         node = self.request.node
         module = getattr(getattr(node, "module", None), "__name__", None)
         self.pool.at(node.nodeid)
+        self.pool.take_failed()
         try:
             lease = self.pool.acquire(
                 n,
@@ -261,6 +262,12 @@ class _Rigs:
         except PrerequisiteMissing as exc:
             _unavailable(exc, self.settings)
             raise AssertionError("unreachable") from exc  # pragma: no cover
+        except BaseException:
+            # Logs of a failed start are useful too: register whatever pairs existed.
+            failed = self.pool.take_failed()
+            if failed is not None:
+                node.stash.setdefault(LOGS, {}).update(failed.log_paths())
+            raise
         self.leases.append(lease)
         for note in lease.notes:
             node.user_properties.append(("harness.replaced", note))

@@ -145,7 +145,7 @@ class RigPool:
         self.leased: list[Pooled] = []
         self.stats = Stats()
         self._closed = False
-        self.warming: list[tuple[int, bool, Future[Pooled]]] = []  # size, for a fresh test
+        self.warming: list[tuple[int, bool, Rig, Future[Pooled]]] = []  # size, fresh, rig, start
         self._starting: set[Rig] = set()
         self._lock = threading.Lock()
         self._bg: ThreadPoolExecutor | None = None
@@ -157,6 +157,7 @@ class RigPool:
         self._per_test: dict[str, Counter[tuple[int, bool]]] = {}
         self._planned = False
         self._prestart = False
+        self.last_failed: Rig | None = None  # the rig whose start failed last (for its logs)
 
     # ---- prestart --------------------------------------------------------------------------
 
@@ -187,11 +188,11 @@ class RigPool:
         if not self._prestart or self._closed:
             return
         live = {p.n for p in self.idle + self.leased if not p.fresh}
-        live |= {n for n, fresh, _ in self.warming if not fresh}
+        live |= {n for n, fresh, _, _ in self.warming if not fresh}
         for n in sorted({n for (n, fresh), left in self._remaining.items() if left > 0 and not fresh}):
             if n not in live:
                 self._submit(n, fresh=False)
-        if any(fresh for _, fresh, _ in self.warming):
+        if any(fresh for _, fresh, _, _ in self.warming):
             return
         start = max(self._cursor, self._fresh_taken + 1)
         upcoming = next((n for _, n, fresh in self._order[start:] if fresh and n), None)
@@ -201,12 +202,12 @@ class RigPool:
     def _submit(self, n: int, *, fresh: bool) -> None:
         if self._bg is None:
             self._bg = ThreadPoolExecutor(max_workers=8, thread_name_prefix="rigpool-prestart")
-        self.warming.append((n, fresh, self._bg.submit(self._start_detached, n)))
-
-    def _start_detached(self, n: int) -> Pooled:
-        """A started rig with baselines, owned by nobody yet (closed here if it fails)."""
-        t0 = time.monotonic()
         rig = self._factory(n, self._workdir(n))
+        self.warming.append((n, fresh, rig, self._bg.submit(self._start_detached, n, rig)))
+
+    def _start_detached(self, n: int, rig: Rig) -> Pooled:
+        """``rig`` started, with baselines, owned by nobody yet (closed here if it fails)."""
+        t0 = time.monotonic()
         with self._lock:
             if self._closed:
                 raise HarnessError("the rig pool closed before this prestart began")
@@ -235,12 +236,13 @@ class RigPool:
         entry = next((e for e in sized if e[1] == fresh), sized[0] if sized else None)
         if entry is None:
             return None
-        fut = entry[2]
+        fut = entry[3]
         try:
             pooled = fut.result()  # its start error is this test's, as a start here would be
         except BaseException:
             if fut.done():  # else interrupted while waiting: close() stops it
                 self.warming.remove(entry)
+                self.last_failed = entry[2]
             raise
         self.warming.remove(entry)
         pooled.module, pooled.fresh = module, fresh
@@ -309,6 +311,11 @@ class RigPool:
         else:
             self.idle.append(pooled)
 
+    def take_failed(self) -> Rig | None:
+        """The rig whose start failed last (its logs explain why), and forget it."""
+        rig, self.last_failed = self.last_failed, None
+        return rig
+
     def end_module(self) -> None:
         """Scope ``module``: the module's tests are done."""
         if self.scope == "module":
@@ -322,10 +329,10 @@ class RigPool:
             for rig in self._starting:
                 rig.abort()  # prestarts give up at their next poll and close their rig
         warming, self.warming = self.warming, []
-        for _, _, fut in warming:
+        for _, _, _, fut in warming:
             fut.cancel()
         ready = []
-        for _, _, fut in warming:
+        for _, _, _, fut in warming:
             if not fut.cancelled() and fut.exception() is None:
                 ready.append(fut.result())
         if self._bg is not None:
@@ -345,6 +352,7 @@ class RigPool:
             if not fresh:
                 pooled.baselines = self._capture_all(rig, link=not http_only)
         except BaseException:
+            self.last_failed = rig
             self._close(pooled)
             raise
         finally:

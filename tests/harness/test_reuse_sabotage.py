@@ -164,3 +164,35 @@ def test_ctrl_c_stops_pooled_rigs(tmp_path: Path, run_root: Path) -> None:
     assert (counts["started"], counts["torn down"]) == (1, 1), result.stdout[-2000:]
     # Everything stopped: the session dir (removed only after a clean stop) is gone.
     assert list((run_root / "sessions").iterdir()) == []
+
+
+BROKEN_FIRMWARE = """#!/bin/sh
+if [ "$1" = "--help" ]; then echo "usage: program [--rapi-serial PTY]"; exit 0; fi
+echo "deliberately broken firmware: cannot open the EVSE" >&2
+exit 3
+"""
+
+BROKEN_TEST = """
+def test_gets_a_rig(rig):
+    raise AssertionError("never reached: the rig cannot start")
+"""
+
+
+def test_a_failed_start_reports_the_firmware_log(tmp_path: Path, run_root: Path) -> None:
+    """Prestarted in the background (auto for a real build) or not, a start failure is the
+    test's error, with the firmware's log in the report, and nothing is left running."""
+    program = tmp_path / "program"
+    program.write_text(BROKEN_FIRMWARE)
+    program.chmod(0o755)
+    for prestart in ("auto", "off"):
+        result = _run(
+            tmp_path, run_root, BROKEN_TEST, "-q", "--native", str(program), "--rig-prestart", prestart
+        )
+        out = result.stdout
+        assert result.returncode == 1, out[-3000:]
+        assert "1 error" in out, out[-2000:]
+        assert "firmware log (setup)" in out, out[-3000:]
+        assert "deliberately broken firmware" in out
+        counts = summary(out)
+        assert (counts["started"], counts["torn down"]) == (1, 1), out[-2000:]
+        assert list((run_root / "sessions").iterdir()) == []
