@@ -133,7 +133,6 @@ def test_cpu_model() -> None:
 
 
 def test_plot_writes_a_png(samples: list[RigSample], tmp_path: Path) -> None:
-    pytest.importorskip("matplotlib")
     path = plot(aggregate(samples), tmp_path / "p.png", "title")
     assert path is not None
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
