@@ -93,6 +93,7 @@ class SocatBridge:
             socat,
             "-d",
             "-d",
+            "-x",  # hex dump of every transfer: harness.trace.SocatDumpTracer reads it
             f"PTY,link={link},rawer,wait-slave,pty-interval=0.01",
             f"TCP:{rapi_host}:{rapi_port}",
         ]

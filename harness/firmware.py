@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
@@ -62,6 +63,8 @@ class Firmware:
         self._on_exit = on_exit
         self.proc: ManagedProcess | None = None
         self.starts = 0
+        # Set by the pair: start again and wait until ready (bridge recycle, HTTP, EVSE link).
+        self.restart_hook: Callable[[], None] | None = None
 
     @property
     def url(self) -> str:
@@ -175,6 +178,28 @@ class Firmware:
     def kill(self) -> None:
         if self.proc is not None:
             self.proc.kill()
+
+    # ---- process faults (docs/faults.md) ------------------------------------------------
+
+    def kill_and_wait(self, timeout: float = 5.0) -> None:
+        """SIGKILL (a crash: no clean shutdown) and wait until the process is gone."""
+        from harness.faults import kill_process
+
+        kill_process(self.proc, f"[{self.instance}] firmware", timeout)
+
+    def stopped(self, *, kill: bool = False) -> AbstractContextManager[None]:
+        """Down inside the block (SIGKILL with ``kill=True``, else SIGTERM); started again,
+        fully ready, after it, also on an exception."""
+        from harness.faults import FaultError, process_stopped
+
+        if self.restart_hook is None:
+            raise FaultError(f"[{self.instance}] firmware restarts need its pair (pair.firmware)")
+        stop = self.kill_and_wait if kill else self.stop
+        return process_stopped(stop, self.restart_hook)
+
+    def restart(self, *, kill: bool = False) -> None:
+        with self.stopped(kill=kill):
+            pass
 
     def describe(self) -> str:
         return f"pid {self.pid}"

@@ -14,15 +14,18 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
-from harness.bridge import PythonBridge, SerialBridge, SocatBridge
+from harness.bridge import SerialBridge, SocatBridge
 from harness.emulators.base import EmulatorBackend, EmulatorHandle, EmulatorSpec
 from harness.errors import HarnessError, ProcessDied, TeardownErrors
+from harness.fault_bridge import FaultBridge
+from harness.faults import FaultError
 from harness.firmware import Firmware, PortConflict
 from harness.http import Api
 from harness.identity import Identity
 from harness.ports import PortAllocator, PortLease, looks_like_address_in_use
 from harness.runstate import SessionState
 from harness.settings import Settings
+from harness.trace import SocatDumpTracer, socat_tracer
 from harness.waiting import tail
 
 Progress = Callable[[str], None]
@@ -75,6 +78,8 @@ class Pair:
         self.emulator: EmulatorHandle | None = None
         self.bridge: SerialBridge | None = None
         self.firmware: Firmware | None = None
+        self.trace_path = instance_dir / "rapi-trace.jsonl"  # RAPI trace (docs/faults.md)
+        self._tracer: SocatDumpTracer | None = None
         self._lease: PortLease | None = None
         self.timings: dict[str, float] = {}
         self.api: Api = Api("http://127.0.0.1:0")
@@ -104,6 +109,7 @@ class Pair:
             "firmware": self.run_dir / "firmware.log",
             "bridge": self.run_dir / "bridge.log",
             "emulator": self.run_dir / "emulator.log",
+            "rapi-trace": self.trace_path,
         }
         if self.emulator is not None:
             logs["emulator"] = self.emulator.log_path
@@ -150,7 +156,7 @@ class Pair:
             session=self.session,
             run_dir=self.run_dir,
             labels={"io.openevse-harness.instance": str(self.index)},
-            trace_path=self.run_dir / "rapi-trace.jsonl",
+            trace_path=self.run_dir / "emulator-trace.jsonl",  # ours is rapi-trace.jsonl
             startup_timeout=self.settings.emulator_timeout,
         )
         self.emulator = self._backend.start(spec)
@@ -192,12 +198,24 @@ class Pair:
             return self._bridge_factory(**common)
         if kind == "socat":
             key = f"{self.name}/bridge"
+            # socat -x dumps every transfer into bridge.log; the tracer turns it into the trace.
+            self._tracer = socat_tracer(self.run_dir / "bridge.log", self.trace_path).start()
             return SocatBridge(
                 **common,
                 on_spawn=lambda pid: self._state.add_child(key, pid, role="bridge", instance=self.name),
                 on_exit=lambda: self._state.remove_child(key),
             )
-        return PythonBridge(**common)
+        return FaultBridge(**common, trace_path=self.trace_path)
+
+    @property
+    def serial(self) -> FaultBridge:
+        """The faultable serial link (docs/faults.md): ``with pair.serial.fault(delay_ms=600):``."""
+        if not isinstance(self.bridge, FaultBridge):
+            raise FaultError(
+                f"[{self.name}] serial-link faults need the python bridge, this pair uses "
+                f"{self.bridge.kind if self.bridge else 'none'}: set HARNESS_BRIDGE=python"
+            )
+        return self.bridge
 
     def _make_firmware(self, port: int) -> Firmware:
         key = f"{self.name}/firmware"
@@ -210,7 +228,7 @@ class Pair:
             # so with that cap a unit could miss its own rig's peers because of someone else's
             # run. A real build's mDNS runs where the user put it, which the harness does not touch.
             extra["OPENEVSE_SIM_MAX_RESULTS"] = "1000"
-        return Firmware(
+        fw = Firmware(
             instance=self.name,
             argv=self.settings.firmware_argv,
             pty_path=self.pty_path,
@@ -223,6 +241,8 @@ class Pair:
             on_spawn=lambda pid: self._state.add_child(key, pid, role="firmware", instance=self.name),
             on_exit=lambda: self._state.remove_child(key),
         )
+        fw.restart_hook = self.start_firmware  # pair.firmware.stopped() (docs/faults.md)
+        return fw
 
     def _start_firmware(self, *, new_port_on_conflict: bool, wait_link: bool = True) -> None:
         """Spawn and wait through the stages; a port taken after our probe is retried."""
@@ -295,6 +315,7 @@ class Pair:
         steps: list[tuple[str, Callable[[], None] | None]] = [
             ("firmware", self.firmware.stop if self.firmware else None),
             ("bridge", self.bridge.stop if self.bridge else None),
+            ("trace", self._tracer.stop if self._tracer else None),
             ("emulator", self.emulator.stop if self.emulator else None),
         ]
         for label, step in steps:

@@ -37,6 +37,7 @@ from harness.rig import Rig
 from harness.rigpool import SCOPES, Lease, RigPool, Stats
 from harness.runstate import reap_dead_sessions
 from harness.settings import Settings, file_sha256
+from harness.trace import tail_text
 from harness.waiting import tail
 
 LOGS = pytest.StashKey[dict[str, Path]]()  # item → "<instance> <part>" → log file
@@ -399,7 +400,11 @@ def pytest_runtest_makereport(
     if rep.failed and logs:
         reported = item.stash.setdefault(REPORTED, set())
         for name, path in logs.items():
-            rep.sections.append((f"harness {name} log ({rep.when})", tail(path, LOG_TAIL_LINES)))
+            # The RAPI trace (docs/faults.md) is shown as readable lines, the logs as they are.
+            text = (
+                tail_text(path, LOG_TAIL_LINES) if name.endswith("rapi-trace") else tail(path, LOG_TAIL_LINES)
+            )
+            rep.sections.append((f"harness {name} log ({rep.when})", text))
             if name not in reported:
                 reported.add(name)
                 item.user_properties.append((f"harness.log.{name.replace(' ', '.')}", str(path)))

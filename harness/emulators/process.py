@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import shutil
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
@@ -93,6 +94,29 @@ class ProcessEmulator:
 
     def kill(self) -> None:
         self.proc.kill()
+
+    # ---- process faults (docs/faults.md): same ports after a restart ---------------------
+
+    def kill_and_wait(self, timeout: float = 5.0) -> None:
+        from harness.faults import stop_emulator
+
+        stop_emulator(self, kill=True, timeout=timeout)
+
+    def stopped(self, *, kill: bool = False) -> AbstractContextManager[Any]:
+        """Gone inside the block (SIGKILL with ``kill=True``), back on the same ports after it."""
+        from harness.faults import emulator_stopped
+
+        return emulator_stopped(self, kill=kill)
+
+    def restart(self, *, kill: bool = False) -> None:
+        with self.stopped(kill=kill):
+            pass
+
+    def reboot(self) -> None:
+        """Controller reboot: ``POST /api/evse/reset`` sends ``$AB`` (evse.md §6)."""
+        from harness.faults import reboot_emulator
+
+        reboot_emulator(self)
 
 
 class ProcessBackend:
