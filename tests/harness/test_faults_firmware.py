@@ -7,6 +7,7 @@ trace, or by the EVSE through its own API/trace), and what a correct firmware do
 
 from __future__ import annotations
 
+import shutil
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -17,6 +18,7 @@ import requests
 
 from harness import faults
 from harness.fault_bridge import FaultBridge
+from harness.faults import FaultError
 from harness.pair import Pair
 from harness.rig import Rig
 from harness.settings import Settings
@@ -56,23 +58,12 @@ def _assert(condition: bool) -> None:
     assert condition
 
 
-def fault_bridge(**common: Any) -> FaultBridge:
-    """TEMPORARY until the core wiring: the emulator's --trace still owns rapi-trace.jsonl."""
-    log_path: Path = common["log_path"]
-    return FaultBridge(**common, trace_path=log_path.parent / "bridge-trace.jsonl")
-
-
 @pytest.fixture
 def fault_rig(settings: Settings, tmp_path: Path) -> Iterator[Callable[[int], Rig]]:
     rigs: list[Rig] = []
 
     def make(n: int) -> Rig:
-        rig = Rig(
-            settings.with_(bridge="python"),
-            n,
-            workdir=tmp_path / f"rig{len(rigs)}",
-            bridge_factory=fault_bridge,
-        )
+        rig = Rig(settings.with_(bridge="python"), n, workdir=tmp_path / f"rig{len(rigs)}")
         rigs.append(rig)
         return rig.start()
 
@@ -84,15 +75,14 @@ def fault_rig(settings: Settings, tmp_path: Path) -> Iterator[Callable[[int], Ri
 
 
 def serial(pair: Pair) -> FaultBridge:
-    bridge = pair.bridge  # TEMPORARY until the core wiring gives pair.serial
+    bridge = pair.serial  # HARNESS_BRIDGE=python: the faultable bridge
     assert isinstance(bridge, FaultBridge)
     return bridge
 
 
 def trace(pair: Pair) -> list[TraceEntry]:
-    path = serial(pair).trace_path
-    assert path is not None
-    return read_trace(path)
+    assert serial(pair).trace_path == pair.trace_path == pair.run_dir / "rapi-trace.jsonl"
+    return read_trace(pair.trace_path)
 
 
 def emulator_trace(pair: Pair) -> list[TraceEntry]:
@@ -294,7 +284,7 @@ def test_controller_reboot_repeats_the_boot_reads(fault_rig: Callable[[int], Rig
     pair = fault_rig(1)[0]
     assert pair.emulator is not None
     before = time.monotonic()  # the boot's own `$AB` and reads came earlier
-    faults.reboot_emulator(pair.emulator)
+    pair.emulator.reboot()  # type: ignore[attr-defined]  # process backend
     find_boot_reads_after_ab(pair, since=before)
 
 
@@ -317,7 +307,7 @@ def test_emulator_stopped_and_back(fault_rig: Callable[[int], Rig]) -> None:
     pair = fault_rig(1)[0]
     assert pair.emulator is not None
     url = pair.emulator_url
-    with faults.emulator_stopped(pair.emulator, kill=True):
+    with pair.emulator.stopped(kill=True):  # type: ignore[attr-defined]  # process backend
         off = time.monotonic()
         lost = serial(pair).engine.totals
         eventually(lambda: _assert(lost["disconnected"] >= 1), "a command lost: the EVSE is gone")
@@ -337,7 +327,7 @@ def test_firmware_killed_and_restarted(fault_rig: Callable[[int], Rig]) -> None:
     assert pair.firmware is not None
     old_pid = pair.firmware.pid
     link = pair.pty_path.resolve()
-    with faults.firmware_stopped(pair, kill=True):
+    with pair.firmware.stopped(kill=True):
         assert pair.firmware.proc is not None
         assert pair.firmware.proc.returncode == -9
         with pytest.raises(requests.ConnectionError):
@@ -389,3 +379,27 @@ def test_peer_killed_mid_poll_goes_offline_and_returns(fault_rig: Callable[[int]
     down_for = time.monotonic() - killed
     # §3.2: retries back off 1 s * 2^n, so the next attempt comes within about down_for + 1 s.
     eventually(online, "the peer online again after restart", timeout=down_for + 1.0 + 10.0)
+
+
+@pytest.mark.skipif(shutil.which("socat") is None, reason="socat is not installed")
+def test_socat_pairs_have_the_trace_and_process_faults_but_no_link_faults(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """With socat the trace comes from its ``-x`` dump (docs/faults.md); a restarted firmware
+    gets a fresh socat and its boot traffic shows in the same trace."""
+    with Rig(settings.with_(bridge="socat"), 1, workdir=tmp_path / "socat") as rig:
+        pair = rig[0]
+        with pytest.raises(FaultError, match="HARNESS_BRIDGE=python"):
+            pair.serial.fault(delay_ms=600)
+
+        def boot_traffic_traced(since: float) -> None:
+            entries = read_trace(pair.trace_path)
+            sent = [e["command"] for e in frames(entries, direction=FW_TO_EVSE, since=since)]
+            assert "GV" in sent, sent
+            assert ("GV", True) in [(c, g < RAPI_TIMEOUT) for c, g in reply_gaps(entries, since=since)]
+
+        eventually(lambda: boot_traffic_traced(0.0), "the socat trace has the boot traffic")
+        assert pair.firmware is not None
+        with pair.firmware.stopped(kill=True):
+            restarted = time.monotonic()
+        eventually(lambda: boot_traffic_traced(restarted), "the restarted firmware's traffic traced")

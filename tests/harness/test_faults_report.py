@@ -42,7 +42,7 @@ def test_failing_test_report_has_the_trace_tail(tmp_path: Path, run_root: Path, 
     )
     out = result.stdout
     assert result.returncode == 1, out[-3000:]
-    section = re.search(r"rapi-trace log \(call\) -+\n(.*?)\n-{5,} ", out, re.DOTALL)
+    section = re.search(r"rapi-trace log \(call\) -+\n(.*?)\n[-=]{5,} ", out, re.DOTALL)
     assert section is not None, out[-3000:]
     shown = section.group(1)
     # readable lines: direction, frame, reply pairing — the boot reads of firmware.md §6.2
