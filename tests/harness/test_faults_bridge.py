@@ -336,8 +336,11 @@ def test_reconnects_when_the_evse_side_closes(link: tuple[FaultBridge, FakeEvse,
 # ---- the socat path of the trace: a real `socat -d -d -x`, its dump converted ----------------
 
 
-@pytest.mark.skipif(shutil.which("socat") is None, reason="socat is not installed")
 def test_socat_dump_becomes_the_rapi_trace(tmp_path: Path) -> None:
+    if shutil.which("socat") is None:  # under CI=true a missing prerequisite fails (upstream W15)
+        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+            pytest.fail("socat is not installed (fix: apt-get install socat)")
+        pytest.skip("socat is not installed (fix: apt-get install socat)")
     evse = FakeEvse()
     link = tmp_path / "rapi.pty"
     log = tmp_path / "bridge.log"
