@@ -38,6 +38,7 @@ import tty
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+from harness.bridge import replace_symlink
 from harness.faults import FaultEngine, FaultError, FaultHandle, FaultPlan
 from harness.trace import EVSE_TO_FW, FW_TO_EVSE, FrameSplitter, ReplyMatcher, TraceWriter, frame_command
 from harness.waiting import NotYet, wait_until
@@ -45,13 +46,6 @@ from harness.waiting import NotYet, wait_until
 RECONNECT_MIN = 0.02
 RECONNECT_MAX = 0.25
 PTY_BACKLOG = 65536
-
-
-def _replace_symlink(link: Path, target: str) -> None:
-    tmp = link.with_name(link.name + ".new")
-    tmp.unlink(missing_ok=True)
-    tmp.symlink_to(target)
-    tmp.replace(link)
 
 
 class FaultBridge:
@@ -119,7 +113,7 @@ class FaultBridge:
         self._master, self._slave = os.openpty()
         tty.setraw(self._slave)
         os.set_blocking(self._master, False)
-        _replace_symlink(self.link, os.ttyname(self._slave))
+        replace_symlink(self.link, os.ttyname(self._slave))
         self._log(
             f"fault bridge: PTY {os.ttyname(self._slave)} linked at {self.link}; trace {self.trace_path}"
         )

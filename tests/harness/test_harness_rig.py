@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 
 from conftest import poll, process_gone
-from harness.bridge import TO_EVSE, PythonBridge
 from harness.errors import ProcessDied, ReadinessTimeout
+from harness.fault_bridge import FaultBridge
 from harness.rig import HarnessWarning, Rig, RigStartError
 from harness.runstate import proc_start_time
 from harness.settings import Settings
@@ -287,19 +287,17 @@ def test_without_socat_the_python_bridge_is_used_with_a_warning(
         rig.close()
 
 
-def test_a_bridge_factory_replaces_the_configured_bridge(settings: Settings) -> None:
-    """The seam for fault injection: any SerialBridge built from the same keyword arguments."""
-    seen: list[tuple[str, bytes]] = []
+def test_a_bridge_factory_replaces_the_configured_bridge(settings: Settings, tmp_path: Path) -> None:
+    """Any SerialBridge built from the same keyword arguments replaces the configured one."""
+    made: list[FaultBridge] = []
+    trace = tmp_path / "factory-trace.jsonl"
 
-    def counting_bridge(**kwargs: Any) -> PythonBridge:
-        def hook(direction: str, frame: bytes) -> list[bytes]:
-            seen.append((direction, frame))
-            return [frame]
+    def traced_bridge(**kwargs: Any) -> FaultBridge:
+        made.append(FaultBridge(**kwargs, trace_path=trace))
+        return made[-1]
 
-        return PythonBridge(**kwargs, frame_hook=hook)
-
-    with Rig(settings.with_(bridge="socat"), 1, bridge_factory=counting_bridge) as rig:
-        assert rig[0].bridge is not None
+    with Rig(settings.with_(bridge="socat"), 1, bridge_factory=traced_bridge) as rig:
+        assert rig[0].bridge is made[0]
         assert rig[0].bridge.kind == "python"
         assert rig[0].api.get_json("/status")["state"] != 0
-        assert any(direction == TO_EVSE and frame.startswith(b"$") for direction, frame in seen)
+        assert '"$GV' in trace.read_text()  # the firmware's boot traffic went through our bridge
