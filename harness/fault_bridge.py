@@ -1,7 +1,7 @@
 """The faultable serial bridge: a PTY⇄TCP relay that traces every frame and injects faults.
 
 It implements the same interface as ``harness.bridge.SerialBridge`` (the ``python`` bridge,
-``HARNESS_BRIDGE=python``). Like the core ``PythonBridge`` it holds the PTY slave open
+``HARNESS_BRIDGE=python``, used where socat is missing). It holds the PTY slave open
 itself, so the firmware, which opens its RAPI device exactly once (firmware.md §5.4), never
 sees it vanish: not on a firmware restart, not while the TCP side is down.
 
