@@ -258,8 +258,14 @@ def test_corrupted_checksums_are_flagged_in_the_trace(fault_rig: Callable[[int],
     pair = fault_rig(1)[0]
     with serial(pair).fault(corrupt=1, direction=FW_TO_EVSE) as f:
         f.wait(timeout=TRAFFIC_DEADLINE, corrupted=1)
-    (bad_cmd,) = [e for e in trace(pair) if e.get("fault") == "corrupted"]
-    assert (bad_cmd["dir"], bad_cmd["checksum_ok"]) == (FW_TO_EVSE, False)
+
+    def corrupted(direction: str) -> list[dict[str, Any]]:
+        return [e for e in trace(pair) if e.get("fault") == "corrupted" and e["dir"] == direction]
+
+    # The engine counts a frame before the bridge's trace line for it is written: poll the trace.
+    eventually(lambda: _assert(len(corrupted(FW_TO_EVSE)) == 1), "the corrupted command in the trace")
+    (bad_cmd,) = corrupted(FW_TO_EVSE)
+    assert bad_cmd["checksum_ok"] is False
 
     def evse_refused_it() -> None:
         heard = [e for e in emulator_trace(pair) if e["dir"] == FW_TO_EVSE and e["raw"] == bad_cmd["raw"]]
@@ -273,8 +279,9 @@ def test_corrupted_checksums_are_flagged_in_the_trace(fault_rig: Callable[[int],
     failed = failures(pair)
     with serial(pair).fault(corrupt=1, direction=EVSE_TO_FW) as g:
         g.wait(timeout=TRAFFIC_DEADLINE, corrupted=1)
-    bad_reply = [e for e in trace(pair) if e.get("fault") == "corrupted"][-1]
-    assert (bad_reply["dir"], bad_reply["checksum_ok"]) == (EVSE_TO_FW, False)
+    eventually(lambda: _assert(len(corrupted(EVSE_TO_FW)) == 1), "the corrupted reply in the trace")
+    (bad_reply,) = corrupted(EVSE_TO_FW)
+    assert bad_reply["checksum_ok"] is False
     eventually(lambda: _assert(failures(pair) == failed + 1), "the firmware rejected the corrupted reply")
     answered_again(pair, time.monotonic())
 
