@@ -388,12 +388,15 @@ def test_peer_killed_mid_poll_goes_offline_and_returns(fault_rig: Callable[[int]
     eventually(online, "the peer online again after restart", timeout=down_for + 1.0 + 10.0)
 
 
-@pytest.mark.skipif(shutil.which("socat") is None, reason="socat is not installed")
 def test_socat_pairs_have_the_trace_and_process_faults_but_no_link_faults(
     settings: Settings, tmp_path: Path
 ) -> None:
     """With socat the trace comes from its ``-x`` dump (docs/faults.md); a restarted firmware
     gets a fresh socat and its boot traffic shows in the same trace."""
+    if shutil.which("socat") is None:  # under CI=true a missing prerequisite fails (upstream W15)
+        if settings.ci:
+            pytest.fail("socat is not installed (fix: apt-get install socat)")
+        pytest.skip("socat is not installed (fix: apt-get install socat)")
     with Rig(settings.with_(bridge="socat"), 1, workdir=tmp_path / "socat") as rig:
         pair = rig[0]
         with pytest.raises(FaultError, match="HARNESS_BRIDGE=python"):
