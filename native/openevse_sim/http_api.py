@@ -71,6 +71,19 @@ async def read_body(request: web.Request, limit: int) -> bytes | None:
     return None if len(data) > limit else data
 
 
+class BodyTooLarge(ValueError):
+    """The body is longer than the route accepts (a ValueError: routes that do not answer 413
+    treat it as unparseable, as the firmware's fixed-size buffers do)."""
+
+
+async def read_json(request: web.Request, limit: int) -> Any:
+    """The body as strict JSON; ``BodyTooLarge`` past ``limit``, ``ValueError`` if unparseable."""
+    raw = await read_body(request, limit)
+    if raw is None:
+        raise BodyTooLarge(f"body over {limit} bytes")
+    return parse_json(raw)
+
+
 class PercentError(ValueError):
     pass
 
@@ -208,11 +221,10 @@ class Api:
             return reply(200, self.hub.document())
         if request.method != "POST":
             return method_not_allowed()
-        raw = await read_body(request, BODY_LIMIT)
-        if raw is None:
-            return msg(413, "Payload too large")
         try:
-            body = parse_json(raw)
+            body = await read_json(request, BODY_LIMIT)
+        except BodyTooLarge:
+            return msg(413, "Payload too large")
         except ValueError:
             return msg(400, "Could not parse JSON")
         if not isinstance(body, dict):
@@ -251,11 +263,8 @@ class Api:
             return web.Response(status=200, text="1", content_type="text/plain")
         if request.method != "POST":
             return method_not_allowed()
-        raw = await read_body(request, BODY_LIMIT)
         try:
-            if raw is None:
-                raise ValueError("too large")
-            body = parse_json(raw)
+            body = await read_json(request, BODY_LIMIT)
         except ValueError:
             return msg(400, "Couldn't parse json")
         if not isinstance(body, dict) or "device" not in body:
@@ -275,11 +284,10 @@ class Api:
             return reply(200, self._config_document())
         if request.method != "POST":
             return method_not_allowed()
-        raw = await read_body(request, BODY_LIMIT)
-        if raw is None:
-            return msg(413, "Payload too large")
         try:
-            body = parse_json(raw)
+            body = await read_json(request, BODY_LIMIT)
+        except BodyTooLarge:
+            return msg(413, "Payload too large")
         except ValueError:
             return msg(400, "Could not parse JSON")
         try:
@@ -430,11 +438,8 @@ class Api:
             return msg(405, "Use DELETE /loadsharing/peers/{host}")
         if request.method != "POST":
             return method_not_allowed()
-        raw = await read_body(request, PEERS_BODY_LIMIT)
         try:
-            if raw is None:
-                raise ValueError("too large")
-            body = parse_json(raw)
+            body = await read_json(request, PEERS_BODY_LIMIT)
         except ValueError:
             return msg(400, "Invalid JSON")
         if not isinstance(body, dict) or "host" not in body:
