@@ -15,6 +15,7 @@ from openevse_sim.rapi import RapiClient, Reply
 from openevse_sim.tasks import spawn
 
 GV_RETRY = 10.0
+GS_FIRST_RETRY = 1.0  # until the first good $GS
 GS_PERIOD = 30.0
 SY_ENABLE_PERIOD = 30.0
 TICK = 1.0
@@ -189,9 +190,11 @@ class Evse:
                 await self._boot_reads()
             now = time.monotonic()
             if now >= next_gs:
-                next_gs = now + GS_PERIOD
                 await self._read_status()
                 await self._read_temps()
+                # Until a first $GS has answered, `state` is 0 (§7.1): a lost reply is retried in
+                # 1 s rather than a whole period later (README: deviations).
+                next_gs = now + (GS_PERIOD if self.have_status else GS_FIRST_RETRY)
             if not self.heartbeat_enabled and now >= next_sy_enable:
                 next_sy_enable = now + SY_ENABLE_PERIOD
                 await self._enable_heartbeat()
