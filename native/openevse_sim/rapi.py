@@ -2,19 +2,32 @@
 
 Frames out: `$XX args^CC\\r`, CC = upper-case XOR checksum, no sequence ids. One command
 outstanding, 500 ms reply timeout. Async events (`$A…`, `$ST`, `$WF`) may arrive at any time
-and go to `on_event`."""
+and go to `on_event`.
+
+Reading follows OpenEVSE_Lib `RapiSender` (the library firmware.md §6.1 cites), because
+`rapi_connected` and `comm_success` (§7.1) are its counters:
+
+- bytes that arrive start a 20 ms read window (`RAPI_READ_TIMEOUT_MS`); bytes before `$` are
+  skipped; the window ends with the first complete `$…\\r` frame;
+- a window that ends without a complete frame (line noise, a torn frame) clears
+  `connected` and completes the command awaiting a reply as a timeout at once;
+- every `$OK` frame counts a success and sets `connected`, also a late one that arrives
+  after its command timed out (the library cannot tell); `$NK` is not a success;
+- a silent link (no bytes at all) leaves `connected` as it was: commands just time out."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import os
+import select
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 
 REPLY_TIMEOUT = 0.5
-MAX_FRAME = 256
+READ_WINDOW = 0.02  # RAPI_READ_TIMEOUT_MS
+MAX_FRAME = 99  # RAPI_BUFLEN - 1: a longer frame is a buffer overflow, the command fails
 
 
 def checksum(body: str) -> str:
@@ -60,6 +73,7 @@ class RapiClient:
         self.on_event = on_event
         self.comm_sent = 0
         self.comm_success = 0
+        self.connected = False  # `rapi_connected` (§7.1): see the module doc
         self.is_open = False
         self._serial: object | None = None
         self._fd = -1
@@ -67,6 +81,9 @@ class RapiClient:
         self._pending: asyncio.Future[Reply] | None = None
         self._lock = asyncio.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._window: asyncio.TimerHandle | None = None  # the 20 ms read window's timer
+        self._window_open = False
+        self._windows_closed = 0  # windows ended by a complete frame
 
     def open(self) -> str | None:
         """Open the PTY once (the real firmware never reopens it, §5.4)."""
@@ -84,6 +101,7 @@ class RapiClient:
         return None
 
     def close(self) -> None:
+        self._close_window()
         if self._loop is not None and self._fd >= 0:
             with contextlib.suppress(Exception):
                 self._loop.remove_reader(self._fd)
@@ -93,30 +111,86 @@ class RapiClient:
         self._fd = -1
         self.is_open = False
 
-    def _on_readable(self) -> None:
+    def _read(self) -> bool:
+        """Move what the port holds into the buffer; False once the other side is gone."""
         try:
             data = os.read(self._fd, 4096)
         except BlockingIOError:
-            return
+            return True
         except OSError as exc:
             data = b""
             print(f"RAPI port read failed: {exc}", file=sys.stderr, flush=True)
         if not data:  # the other side (socat) went away: the real firmware never reconnects
             if self._loop is not None:
                 self._loop.remove_reader(self._fd)
-            return
+            return False
         self._buf.extend(data)
-        while True:
+        return True
+
+    def _on_readable(self) -> None:
+        if self._read():
+            self._scan()
+
+    def _scan(self) -> None:
+        """Cut complete frames out of the buffer; keep a read window open over the rest."""
+        while self._buf:
+            start = self._buf.find(b"$")
+            if start < 0:  # no frame start: the library reads these bytes and skips them
+                del self._buf[:]
+                self._open_window()
+                return
+            del self._buf[:start]
             end = self._buf.find(b"\r")
             if end < 0:
-                if len(self._buf) > MAX_FRAME:
+                if len(self._buf) >= MAX_FRAME:
                     del self._buf[:]
+                    self._close_window()
+                    self._fail_pending(Reply(ok=False, tokens=[], valid=False))
+                else:
+                    self._open_window()
                 return
             raw = bytes(self._buf[:end])
             del self._buf[: end + 1]
-            start = raw.find(b"$")
-            if start >= 0:  # bytes before `$` are ignored
-                self._on_frame(raw[start:].decode("ascii", "replace").strip())
+            self._close_window()
+            self._on_frame(raw.decode("ascii", "replace").strip())
+
+    def _open_window(self) -> None:
+        if not self._window_open and self._loop is not None:
+            self._window_open = True
+            self._window = self._loop.call_later(READ_WINDOW, self._window_ended)
+
+    def _close_window(self) -> None:
+        if self._window_open:
+            self._window_open = False
+            self._windows_closed += 1
+        if self._window is not None:
+            self._window.cancel()
+            self._window = None
+
+    def _window_ended(self) -> None:
+        self._window = None
+        closed = self._windows_closed
+        # Bytes that complete the frame may already wait in the port, unread only because
+        # this process was slow: read them before calling the frame torn. (Only when the
+        # port is readable: with pyserial's VMIN=0 an empty read returns b"", not EAGAIN.)
+        if self._fd >= 0 and select.select([self._fd], [], [], 0)[0] and self._read():
+            self._scan()
+        if self._windows_closed != closed:
+            return  # a frame completed inside the window
+        self._window_open = False
+        del self._buf[:]
+        if self.connected:
+            print("DBUG: RAPI bytes without a complete frame within 20 ms: link not connected", flush=True)
+        self.connected = False
+        self._fail_pending(None)
+
+    def _fail_pending(self, reply: Reply | None) -> None:
+        pending = self._pending
+        if pending is not None and not pending.done():
+            if reply is None:
+                pending.set_exception(TimeoutError())
+            else:
+                pending.set_result(reply)
 
     def _on_frame(self, frame: str) -> None:
         tokens = parse_frame(frame)
@@ -126,6 +200,9 @@ class RapiClient:
             except Exception as exc:  # an event handler bug must not kill the reader
                 print(f"RAPI event handler failed: {exc!r}", file=sys.stderr, flush=True)
             return
+        if tokens and tokens[0] == "$OK":
+            self.comm_success += 1
+            self.connected = True
         pending = self._pending
         if pending is None or pending.done():
             return
@@ -152,6 +229,4 @@ class RapiClient:
                 return None
             finally:
                 self._pending = None
-            if reply.valid:
-                self.comm_success += 1
             return reply

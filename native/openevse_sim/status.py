@@ -75,7 +75,9 @@ class StatusHub:
             "free_heap": 200000,
             "comm_sent": self.rapi.comm_sent,
             "comm_success": self.rapi.comm_success,
-            "rapi_connected": 1 if connected else 0,
+            # Two flags upstream (web_server.cpp): RapiSender's link flag, and OpenEVSE's
+            # "answered $GV" flag, which never falls again (rapi.py, evse.py).
+            "rapi_connected": 1 if self.rapi.connected else 0,
             "evse_connected": 1 if connected else 0,
             "amp": amp,
             "voltage": voltage,
