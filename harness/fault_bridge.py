@@ -17,6 +17,7 @@ order per direction, also when delayed.
     with bridge.fault(refuse=True): ...                      # TCP closed, not reopened
     bridge.disconnect(); bridge.wait_connected()             # a blip: closed, reopened at once
     bridge.refuse(); ...; bridge.reconnect()                 # down until reconnect()
+    bridge.inject(b"\\x00\\xff~~")                            # line noise towards the firmware
 
 Every ``fault()`` block undoes itself on exit, also on an exception: delays, counts not used
 up, stalls and refusals are lifted, and a refused link is reconnected before the block
@@ -299,7 +300,8 @@ class FaultBridge:
             delay_ms=delay_ms, drop=drop, corrupt=corrupt, stall=stall, refuse=refuse, direction=direction
         )
         token = self.engine.push(plan)
-        handle = FaultHandle(self.engine, token, plan)
+        # settle: one turn of the relay thread, which traces each frame it counted in the same turn.
+        handle = FaultHandle(self.engine, token, plan, settle=lambda: self._call(lambda: None))
         self._log(f"fault on: {plan.describe()}")
         self.trace.event("fault-on", plan=plan.describe())
         try:
@@ -312,6 +314,27 @@ class FaultBridge:
             self.trace.event("fault-off", plan=plan.describe(), did=handle.final)
             if refuse:
                 self.reconnect()
+
+    def inject(self, data: bytes, *, direction: str = EVSE_TO_FW) -> None:
+        """Put ``data`` on the wire as if the other end had sent it: line noise, a torn frame,
+        or a whole frame (``b"$AB 00 8.2.3^1F\\r"``). It goes out in order after what is
+        already queued that way, bypasses the fault plans (also a refused link: noise on a dead
+        line is the point), and is traced with ``fault: "injected"``. Towards the EVSE it
+        needs the TCP side up (else traced ``disconnected``). Returns once it was written, or,
+        behind frames a delay holds, once it is queued right after them."""
+        if direction not in (EVSE_TO_FW, FW_TO_EVSE):
+            raise FaultError(f"direction must be {EVSE_TO_FW!r} or {FW_TO_EVSE!r}, not {direction!r}")
+        if not data:
+            raise FaultError("inject() needs at least one byte")
+
+        def put() -> None:
+            now = time.monotonic()
+            q = self._queues[direction]
+            q.append((max(now, q[-1][0]) if q else now, data, "injected", {}))
+            self._deliver_due(now)
+
+        self._log(f"inject {direction}: {data!r}")
+        self._call(put)
 
     # ---- the relay -----------------------------------------------------------------------
 

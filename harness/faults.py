@@ -207,8 +207,11 @@ class FaultEngine:
 class FaultHandle:
     """What ``with bridge.fault(...) as f`` gives: the plan and what it did so far."""
 
-    def __init__(self, engine: FaultEngine, token: int, plan: FaultPlan) -> None:
+    def __init__(
+        self, engine: FaultEngine, token: int, plan: FaultPlan, settle: Callable[[], None] | None = None
+    ) -> None:
         self._engine = engine
+        self._settle = settle
         self.token = token
         self.plan = plan
         self.final: dict[str, int] | None = None
@@ -218,8 +221,12 @@ class FaultHandle:
         return self.final if self.final is not None else self._engine.counts(self.token)
 
     def wait(self, timeout: float = 10.0, **want: int) -> dict[str, int]:
-        """Wait until the fault has hit enough frames, e.g. ``f.wait(dropped=2)``."""
-        return self._engine.wait_counts(self.token, timeout, **want)
+        """Wait until the fault has hit enough frames, e.g. ``f.wait(dropped=2)``. On return
+        the trace has those frames, except a delayed one, traced when its delay is over."""
+        counts = self._engine.wait_counts(self.token, timeout, **want)
+        if self._settle is not None:
+            self._settle()
+        return counts
 
 
 # ---- process faults ----------------------------------------------------------------------
@@ -281,6 +288,9 @@ def _process_emulator(emulator: Any) -> Any:
 def stop_emulator(emulator: Any, *, kill: bool = False, timeout: float = 5.0) -> None:
     """Stop (SIGTERM) or kill (SIGKILL) a process emulator; bridge and firmware stay up."""
     handle = _process_emulator(emulator)
+    guard = getattr(handle, "stop_guard", None)
+    if guard is not None:
+        guard()
     if kill:
         kill_process(handle.proc, f"[{handle.spec.instance}] emulator", timeout)
     else:

@@ -22,7 +22,8 @@ Fields of a frame line (docs/faults.md):
 ``reply_to``     on an ``$OK``/``$NK`` towards the firmware: the command it answers
 ``cmd_t``        with ``reply_to``: when that command crossed the link
 ``fault``        python bridge only: ``dropped``, ``corrupted``, ``delayed``, ``stalled``,
-                 ``disconnected`` (not delivered: the TCP side was down)
+                 ``disconnected`` (not delivered: the TCP side was down), ``injected`` (put
+                 on the wire by the test, ``FaultBridge.inject``: noise has ``command`` "")
 
 Link events (python bridge): ``{"t": …, "event": "tcp-connected"|"tcp-closed", "why": …}``.
 """
@@ -294,7 +295,8 @@ def format_entry(e: TraceEntry) -> str:
         flags.append(f"fault={e['fault']}")
     if "reply_to" in e:
         flags.append(f"reply_to={e['reply_to']} +{(e['t'] - e['cmd_t']) * 1000:.0f}ms")
-    return f"{e['t']:.3f} {e['dir']:8} {e['raw']}  {' '.join(flags)}".rstrip()
+    raw = "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in str(e["raw"]))
+    return f"{e['t']:.3f} {e['dir']:8} {raw}  {' '.join(flags)}".rstrip()
 
 
 def tail_text(path: Path, lines: int = 60) -> str:

@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 
 from harness.fault_bridge import FaultBridge
+from harness.faults import FaultError
 from harness.procs import ManagedProcess
 from harness.trace import (
     EVSE_TO_FW,
@@ -125,6 +126,18 @@ class Firmware:
         frame, self.buf = self.buf.split(b"\r", 1)
         return frame + b"\r", time.monotonic()
 
+    def read_bytes(self, n: int, timeout: float) -> bytes:
+        """At least ``n`` bytes (frames or not), or what came before the deadline."""
+        deadline = time.monotonic() + timeout
+        while len(self.buf) < n and (remaining := deadline - time.monotonic()) > 0:
+            sel = selectors.DefaultSelector()
+            sel.register(self.fd, selectors.EVENT_READ)
+            if sel.select(remaining):
+                self.buf += os.read(self.fd, 4096)
+            sel.close()
+        data, self.buf = self.buf, b""
+        return data
+
     def close(self) -> None:
         os.close(self.fd)
 
@@ -211,6 +224,9 @@ def test_drop_towards_the_firmware(link: tuple[FaultBridge, FakeEvse, Firmware])
     with bridge.fault(drop=1) as f:
         fw.send("GS")
         f.wait(dropped=1)
+        # f.wait returns once the frame it counted is traced: read once, no polling.
+        traced = [e for e in read_trace(bridge.trace_path or Path()) if e.get("fault") == "dropped"]
+        assert [e["command"] for e in traced] == ["OK"]
         reply, _ = roundtrip(fw, "GE")
     assert reply == encode("$OK GE")  # the GS reply never arrived
     assert evse.commands == ["GS", "GE"]
@@ -320,6 +336,59 @@ def test_a_fault_block_restores_the_link_on_an_exception(
     assert bridge.engine.active == []
     _, gap = roundtrip(fw, "GS")
     assert gap < 0.25
+
+
+def test_inject_noise_reaches_the_firmware_on_a_dead_line(
+    link: tuple[FaultBridge, FakeEvse, Firmware],
+) -> None:
+    """Line noise on a refused link: the firmware's end reads exactly the injected bytes;
+    the trace marks them ``injected`` (no command: not a frame)."""
+    bridge, evse, fw = link
+    noise = b"\x00\xff~~\n"
+    with bridge.fault(refuse=True):
+        until(lambda: evse.closed == 1, "the EVSE sees the connection closed")
+        bridge.inject(noise)
+        assert fw.read_bytes(len(noise), 2.0) == noise
+    injected = [e for e in read_trace(bridge.trace_path or Path()) if e.get("fault") == "injected"]
+    expected = [(EVSE_TO_FW, noise.decode("latin-1"), "")]
+    assert [(e["dir"], e["raw"], e["command"]) for e in injected] == expected
+    reply, _ = roundtrip(fw, "GS")
+    assert reply == encode("$OK GS")
+    assert evse.commands == ["GS"]  # the noise never went towards the EVSE
+
+
+def test_inject_a_command_towards_the_evse(link: tuple[FaultBridge, FakeEvse, Firmware]) -> None:
+    bridge, evse, fw = link
+    bridge.inject(encode("$GV"), direction=FW_TO_EVSE)
+    until(lambda: evse.commands == ["GV"], "the EVSE receives the injected $GV")
+    got = fw.read_frame(2.0)
+    assert got is not None
+    assert got[0] == encode("$OK GV")  # its answer reaches the firmware's end
+    entries = frames(read_trace(bridge.trace_path or Path()))
+    assert [(e["dir"], e["command"], e.get("fault"), e.get("reply_to")) for e in entries] == [
+        (FW_TO_EVSE, "GV", "injected", None),
+        (EVSE_TO_FW, "OK", None, "GV"),
+    ]
+
+
+def test_inject_keeps_order_behind_held_frames(link: tuple[FaultBridge, FakeEvse, Firmware]) -> None:
+    bridge, _evse, fw = link
+    with bridge.fault(delay_ms=300) as f:
+        fw.send("GS")
+        f.wait(delayed=1)
+        bridge.inject(encode("$AT 02 02 32 0100"))
+        first, second = fw.read_frame(2.0), fw.read_frame(2.0)
+    assert first is not None
+    assert second is not None
+    assert (first[0], second[0]) == (encode("$OK GS"), encode("$AT 02 02 32 0100"))
+
+
+def test_inject_rejects_a_bad_direction_and_empty_data(link: tuple[FaultBridge, FakeEvse, Firmware]) -> None:
+    bridge, _evse, _fw = link
+    with pytest.raises(FaultError, match="direction must be"):
+        bridge.inject(b"x", direction="sideways")
+    with pytest.raises(FaultError, match="at least one byte"):
+        bridge.inject(b"")
 
 
 def test_reconnects_when_the_evse_side_closes(link: tuple[FaultBridge, FakeEvse, Firmware]) -> None:
