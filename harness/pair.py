@@ -160,6 +160,8 @@ class Pair:
             startup_timeout=self.settings.emulator_timeout,
         )
         self.emulator = self._backend.start(spec)
+        if hasattr(self.emulator, "stop_guard"):
+            self.emulator.stop_guard = self._emulator_stop_guard
         container = getattr(self.emulator, "container", None)
         if container is not None:
             self._state.add_container(str(container.id))
@@ -216,6 +218,17 @@ class Pair:
                 f"{self.bridge.kind if self.bridge else 'none'}: set HARNESS_BRIDGE=python"
             )
         return self.bridge
+
+    def _emulator_stop_guard(self) -> None:
+        """socat exits when the emulator closes the TCP side, and its restart makes a new PTY
+        the firmware never opens (it opens its RAPI port once, firmware.md §5.4): the pair
+        would be left dead. Only the python bridge keeps the PTY across the outage."""
+        if self.bridge is not None and not isinstance(self.bridge, FaultBridge):
+            raise FaultError(
+                f"[{self.name}] stopping the emulator needs the python bridge, this pair uses "
+                f"{self.bridge.kind} (socat ends with the TCP connection; its new PTY is one the "
+                "firmware never opens): set HARNESS_BRIDGE=python, or use pair.emulator.reboot()"
+            )
 
     def _make_firmware(self, port: int) -> Firmware:
         key = f"{self.name}/firmware"

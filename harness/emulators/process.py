@@ -54,6 +54,9 @@ class ProcessEmulator:
         self._leases = leases
         self._web_port = 0
         self._rapi_port = 0
+        # Set by the pair: raises when the link could not survive the controller going away
+        # (a socat bridge ends with its TCP connection; docs/faults.md).
+        self.stop_guard: Callable[[], None] | None = None
 
     @property
     def web_url(self) -> str:
