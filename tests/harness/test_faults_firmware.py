@@ -179,10 +179,57 @@ def test_link_drop_then_recovery(fault_rig: Callable[[int], Rig]) -> None:
         lost = [e for e in trace(pair) if e.get("fault") == "disconnected"]
         assert len(lost) >= 2
         assert all(e["dir"] == FW_TO_EVSE for e in lost)
-    assert evse_status(pair)["rapi_client_connected"] is True
+    # The block returns once the bridge is connected; the EVSE accepts in its own time.
+    eventually(
+        lambda: _assert(evse_status(pair)["rapi_client_connected"] is True), "the EVSE sees its client again"
+    )
     answered_again(pair, time.monotonic())
     assert status(pair)["rapi_connected"] == 1
     plug_in_is_seen(pair)
+
+
+@pytest.mark.parametrize(
+    "junk",
+    [b"\x00\xff~~\n", b"$OK 1 0"],  # line noise; a frame torn off before its `\r`
+    ids=["line-noise", "torn-frame"],
+)
+def test_link_drop_with_junk_lowers_rapi_connected_and_recovery_raises_it(
+    fault_rig: Callable[[int], Rig], junk: bytes
+) -> None:
+    """`rapi_connected` (§7.1) is OpenEVSE_Lib RapiSender's link flag (web_server.cpp): it
+    rises with every `$OK` and falls when bytes arrive that make no complete frame within its
+    20 ms read window. A silent link only times commands out (§6.1) and leaves it up. So:
+    drop the link, see it stay up while commands are lost, put junk on the dead line, see it
+    fall (no `$OK` can arrive to raise it), restore the link, see it rise. `evse_connected`
+    ("the controller answered `$GV`") stays 1 throughout."""
+    pair = fault_rig(1)[0]
+    bridge = serial(pair)
+    eventually(lambda: _assert(status(pair)["rapi_connected"] == 1), "rapi_connected 1 after boot")
+    with bridge.fault(refuse=True) as f:
+        eventually(
+            lambda: _assert(evse_status(pair)["rapi_client_connected"] is False), "the EVSE sees no client"
+        )
+        f.wait(timeout=TRAFFIC_DEADLINE, disconnected=2)  # commands lost: timeouts, no bytes
+        silent = status(pair)
+        assert (silent["rapi_connected"], silent["evse_connected"]) == (1, 1), "a silent link lowered it"
+        injected_at = time.monotonic()
+        bridge.inject(junk)
+
+        def fell() -> dict[str, Any]:
+            st = status(pair)
+            assert st["rapi_connected"] == 0, "rapi_connected still 1 after junk on the line"
+            return st
+
+        low = eventually(fell, "rapi_connected 0 after junk on a dead line")
+        assert low["evse_connected"] == 1
+        entries = trace(pair)
+        delivered = frames(entries, direction=EVSE_TO_FW, since=injected_at, delivered=True)
+        assert [(e["raw"], e.get("fault")) for e in delivered] == [(junk.decode("latin-1"), "injected")], (
+            "something besides the junk reached the firmware"
+        )
+    answered_again(pair, time.monotonic())
+    eventually(lambda: _assert(status(pair)["rapi_connected"] == 1), "rapi_connected 1 after recovery")
+    assert status(pair)["evse_connected"] == 1
 
 
 def test_disconnect_blip_reconnects_at_once(fault_rig: Callable[[int], Rig]) -> None:
@@ -401,6 +448,12 @@ def test_socat_pairs_have_the_trace_and_process_faults_but_no_link_faults(
         pair = rig[0]
         with pytest.raises(FaultError, match="HARNESS_BRIDGE=python"):
             pair.serial.fault(delay_ms=600)
+        # socat would end with the TCP side and leave the firmware a dead PTY: refused, and
+        # the controller is left running.
+        assert pair.emulator is not None
+        with pytest.raises(FaultError, match="HARNESS_BRIDGE=python"), pair.emulator.stopped(kill=True):  # type: ignore[attr-defined]
+            pytest.fail("the block ran: the emulator was stopped under a socat bridge")
+        assert pair.emulator.alive() is None
 
         def boot_traffic_traced(since: float) -> None:
             entries = read_trace(pair.trace_path)
