@@ -279,18 +279,27 @@ def restart_firmware(pair: Pair, *, kill: bool = False) -> Pair:
 def _process_emulator(emulator: Any) -> Any:
     if emulator is None or getattr(emulator, "proc", None) is None:
         raise FaultError(
-            f"emulator stop/restart needs the process backend (got "
-            f"{emulator.describe() if emulator is not None else 'none'}); unset HARNESS_EMULATOR"
+            f"emulator stop/restart needs the process or docker backend (got "
+            f"{emulator.describe() if emulator is not None else 'none'})"
         )
     return emulator
 
 
+def _container_emulator(emulator: Any) -> Any | None:
+    """The Docker handle (it stops and replaces containers itself), else None."""
+    return emulator if emulator is not None and hasattr(emulator, "resume") else None
+
+
 def stop_emulator(emulator: Any, *, kill: bool = False, timeout: float = 5.0) -> None:
-    """Stop (SIGTERM) or kill (SIGKILL) a process emulator; bridge and firmware stay up."""
-    handle = _process_emulator(emulator)
-    guard = getattr(handle, "stop_guard", None)
+    """Stop (SIGTERM) or kill (SIGKILL) the emulator; bridge and firmware stay up."""
+    guard = getattr(emulator, "stop_guard", None)
     if guard is not None:
         guard()
+    container = _container_emulator(emulator)
+    if container is not None:
+        container.halt(kill=kill, timeout=timeout)
+        return
+    handle = _process_emulator(emulator)
     if kill:
         kill_process(handle.proc, f"[{handle.spec.instance}] emulator", timeout)
     else:
@@ -312,6 +321,10 @@ def start_emulator(emulator: Any, timeout: float | None = None) -> None:
     from harness.emulators.process import _api_status_ok, find_ready_line
     from harness.waiting import wait_until
 
+    container = _container_emulator(emulator)
+    if container is not None:
+        container.resume(timeout)
+        return
     handle = _process_emulator(emulator)
     proc = handle.proc
     name = handle.spec.instance

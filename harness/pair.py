@@ -162,6 +162,8 @@ class Pair:
         self.emulator = self._backend.start(spec)
         if hasattr(self.emulator, "stop_guard"):
             self.emulator.stop_guard = self._emulator_stop_guard
+        if hasattr(self.emulator, "on_replaced"):  # docker: resume() after a fault
+            self.emulator.on_replaced = self._emulator_replaced
         container = getattr(self.emulator, "container", None)
         if container is not None:
             self._state.add_container(str(container.id))
@@ -229,6 +231,11 @@ class Pair:
                 f"{self.bridge.kind} (socat ends with the TCP connection; its new PTY is one the "
                 "firmware never opens): set HARNESS_BRIDGE=python, or use pair.emulator.reboot()"
             )
+
+    def _emulator_replaced(self, old_id: str, new_id: str) -> None:
+        """A new container took over after a fault: `harness down` and the reaper must know."""
+        self._state.add_container(new_id)
+        self._state.remove_container(old_id)
 
     def _make_firmware(self, port: int) -> Firmware:
         key = f"{self.name}/firmware"

@@ -21,6 +21,7 @@ import threading
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
@@ -169,7 +170,12 @@ class DockerEmulatorHandle:
         self._web_port: int | None = None
         self._rapi_port: int | None = None
         self._stopped = False
+        self._halted = False  # stopped for a fault (``halt``), to be replaced by ``resume``
         self._lock = threading.Lock()
+        # Set by the pair (as on the process backend): ``stop_guard`` refuses a halt its bridge
+        # cannot survive; ``on_replaced(old_id, new_id)`` keeps the session's state file right.
+        self.stop_guard: Callable[[], None] | None = None
+        self.on_replaced: Callable[[str, str], None] | None = None
 
     @property
     def web_url(self) -> str:
@@ -212,6 +218,8 @@ class DockerEmulatorHandle:
     def alive(self) -> str | None:
         if self._stopped:
             return "stopped by the harness"
+        if self._halted:
+            return f"container {self.short_id} stopped for a fault (resume() brings a new one)"
         try:
             self.container.reload()
         except NotFound:
@@ -243,9 +251,95 @@ class DockerEmulatorHandle:
     def save_logs(self) -> None:
         """Write the container's whole output into the run dir (0600)."""
         raw = self.container.logs(stdout=True, stderr=True, timestamps=True)
-        fd = os.open(self._log_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        # Append: the output of containers replaced after a fault (``resume``) is already there.
+        fd = os.open(self._log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         with os.fdopen(fd, "wb") as fh:
             fh.write(bytes(raw))
+
+    # ---- process faults (docs/faults.md) ------------------------------------------------
+    #
+    # A stopped container comes back with new ephemeral host ports (Docker allocates them at
+    # every start), which would strand the bridge and every URL handed out. So ``resume``
+    # replaces the container by a new one from the same image with the same host ports
+    # pinned: a fresh controller (it sends ``$AB`` to its first client), like a restarted
+    # emulator process.
+
+    def halt(self, *, kill: bool = False, timeout: float = 5.0) -> None:
+        """Power loss (``kill``: SIGKILL) or a clean stop (SIGTERM); the container is kept for
+        its log until ``resume`` or ``stop``."""
+        from harness.faults import FaultError
+
+        name = self.spec.instance
+        if self._stopped or self._halted:
+            raise FaultError(f"[{name}] emulator {self.describe()} is not running: nothing to stop")
+        try:
+            if kill:
+                self.container.kill()
+            else:
+                self.container.stop(timeout=max(1, round(timeout)))
+            self.container.wait(timeout=timeout)
+        except Exception as exc:
+            what = f"could not stop {self.describe()} within {timeout:.1f}s"
+            raise FaultError(f"[{name}] {what}: {exc}") from exc
+        self._halted = True
+
+    def resume(self, timeout: float | None = None) -> None:
+        """A new container on the same host ports; returns once its RAPI and API answer."""
+        from harness.faults import FaultError
+
+        name = self.spec.instance
+        if not self._halted:
+            raise FaultError(f"[{name}] emulator {self.describe()} was not stopped for a fault")
+        web, rapi = self.web_port, self.rapi_port
+        old = self.container
+        self._keep_logs(old)
+        with contextlib.suppress(NotFound):
+            old.remove(force=True)
+        new = self._backend.recreate(self.spec, old.labels, web_port=web, rapi_port=rapi)
+        self.container = new
+        self._halted = False
+        if self.on_replaced is not None:
+            self.on_replaced(str(old.id), str(new.id))
+        try:
+            new.start()
+        except (APIError, DockerException) as exc:
+            raise FaultError(
+                f"[{name}] the new container {new.short_id} could not take ports web {web} / RAPI "
+                f"{rapi} again (something else bound them while the EVSE was down?): {exc}"
+            ) from exc
+        self._backend.wait_ready(self, timeout)
+        if (self.web_port, self.rapi_port) != (web, rapi):
+            raise FaultError(f"[{name}] emulator came back on other ports: {self.web_port}/{self.rapi_port}")
+
+    def _keep_logs(self, container: Container) -> None:
+        """Append a replaced container's output to the run dir's log (0600)."""
+        with contextlib.suppress(NotFound, APIError):
+            raw = bytes(container.logs(stdout=True, stderr=True, timestamps=True))
+            fd = os.open(self._log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+            with os.fdopen(fd, "ab") as fh:
+                fh.write(f"# harness: container {container.short_id} (stopped for a fault)\n".encode())
+                fh.write(raw)
+
+    def kill_and_wait(self, timeout: float = 5.0) -> None:
+        from harness.faults import stop_emulator
+
+        stop_emulator(self, kill=True, timeout=timeout)
+
+    def stopped(self, *, kill: bool = False) -> AbstractContextManager[Any]:
+        """Gone inside the block (SIGKILL with ``kill=True``), back on the same ports after it."""
+        from harness.faults import emulator_stopped
+
+        return emulator_stopped(self, kill=kill)
+
+    def restart(self, *, kill: bool = False) -> None:
+        with self.stopped(kill=kill):
+            pass
+
+    def reboot(self) -> None:
+        """Controller reboot: ``POST /api/evse/reset`` sends ``$AB`` (evse.md §6)."""
+        from harness.faults import reboot_emulator
+
+        reboot_emulator(self)
 
     def stop(self, timeout: float = 3.0) -> None:
         """Stop, save the log, remove; idempotent; every step runs even after a failure."""
@@ -395,7 +489,35 @@ class DockerBackend:
             raise
         return handle
 
-    def _wait_ready(self, handle: DockerEmulatorHandle) -> None:
+    def recreate(
+        self, spec: EmulatorSpec, labels: dict[str, str], *, web_port: int, rapi_port: int
+    ) -> Container:
+        """A new container for ``spec`` with the given host ports pinned (``resume``)."""
+        from harness.faults import FaultError
+
+        client = self.client()
+        try:
+            container: Container = client.containers.create(
+                self.image,
+                command=self.command,
+                name=container_name(spec.instance),
+                environment=container_environment(),
+                ports={WEB_KEY: (HOST_IP, web_port), RAPI_KEY: (HOST_IP, rapi_port)},
+                labels=dict(labels),
+                detach=True,
+                auto_remove=False,
+            )
+        except BaseException as exc:
+            self._remove_leftovers(client, spec)
+            if isinstance(exc, (APIError, DockerException)):
+                raise FaultError(f"[{spec.instance}] could not create a new container: {exc}") from exc
+            raise
+        return container
+
+    def wait_ready(self, handle: DockerEmulatorHandle, timeout: float | None = None) -> None:
+        self._wait_ready(handle, timeout)
+
+    def _wait_ready(self, handle: DockerEmulatorHandle, timeout: float | None = None) -> None:
         spec = handle.spec
 
         def ready(remaining: float) -> bool:
@@ -409,7 +531,7 @@ class DockerBackend:
             ready,
             instance=spec.instance,
             what=f"emulator {handle.describe()} ({self.image}): RAPI $GV and GET /api/status",
-            timeout=spec.startup_timeout,
+            timeout=spec.startup_timeout if timeout is None else timeout,
             alive=handle.alive,
             log_tail=handle.log_tail,
         )
