@@ -6,8 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from conftest import env_for
 from harness.runstate import SessionState
+from tests.harness.support import env_for
 
 
 def _status(run_root: Path) -> subprocess.CompletedProcess[str]:

@@ -11,51 +11,34 @@ import shutil
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 import requests
 
 from harness import faults
-from harness.fault_bridge import FaultBridge
 from harness.faults import FaultError
 from harness.pair import Pair
 from harness.rig import Rig
 from harness.settings import Settings
-from harness.trace import EVSE_TO_FW, FW_TO_EVSE, TraceEntry, frames, read_trace, reply_gaps
-from harness.waiting import NotYet, wait_until
-
-T = TypeVar("T")
-
-RAPI_TIMEOUT = 0.5  # firmware.md §6.1
-DELAY_MS = 600
-HEARTBEAT_TIMEOUT = 5  # the smallest accepted value (firmware.md §4.1)
-# §6.2: with the heartbeat enabled the firmware pulses `$SY` every 1 s, so a few seconds
-# always carry traffic; state changes reach it as `$AT` at once (evse.md §1).
-TRAFFIC_DEADLINE = 10.0
-BOOT_READS = ["GF", "GE", "GC", "GA", "GI", "GI"]  # firmware.md §6.2, after connect / `$AB`
-
-
-def eventually(check: Callable[[], T], what: str, timeout: float = TRAFFIC_DEADLINE) -> T:
-    """Poll until ``check`` returns without an AssertionError/NotYet/HTTP error."""
-
-    def attempt(_: float) -> tuple[T]:
-        try:
-            return (check(),)  # a tuple: a check returning None or False still counts as done
-        except AssertionError as exc:
-            raise NotYet(str(exc) or "assertion failed") from exc
-
-    return wait_until(
-        attempt,
-        instance="test",
-        what=what,
-        timeout=timeout,
-        transient=(NotYet, requests.RequestException, ValueError, OSError),
-    )[0]
-
-
-def _assert(condition: bool) -> None:
-    assert condition
+from harness.trace import EVSE_TO_FW, FW_TO_EVSE, frames, read_trace, reply_gaps
+from tests.harness.faults_support import (
+    DELAY_MS,
+    HEARTBEAT_TIMEOUT,
+    RAPI_TIMEOUT,
+    TRAFFIC_DEADLINE,
+    answered_again,
+    emulator_trace,
+    eventually,
+    evse_status,
+    failures,
+    find_boot_reads_after_ab,
+    plug_in_is_seen,
+    require,
+    serial,
+    status,
+    trace,
+)
 
 
 @pytest.fixture
@@ -74,66 +57,6 @@ def fault_rig(settings: Settings, tmp_path: Path) -> Iterator[Callable[[int], Ri
             rig.close()
 
 
-def serial(pair: Pair) -> FaultBridge:
-    bridge = pair.serial  # HARNESS_BRIDGE=python: the faultable bridge
-    assert isinstance(bridge, FaultBridge)
-    return bridge
-
-
-def trace(pair: Pair) -> list[TraceEntry]:
-    assert serial(pair).trace_path == pair.trace_path == pair.run_dir / "rapi-trace.jsonl"
-    return read_trace(pair.trace_path)
-
-
-def emulator_trace(pair: Pair) -> list[TraceEntry]:
-    """The EVSE's own record (its ``--trace``): what it received and sent."""
-    assert pair.emulator is not None
-    path = pair.emulator.spec.trace_path
-    assert path is not None
-    return read_trace(path)
-
-
-def status(pair: Pair) -> dict[str, Any]:
-    result: dict[str, Any] = pair.api.get_json("/status")
-    return result
-
-
-def evse_status(pair: Pair) -> dict[str, Any]:
-    result: dict[str, Any] = pair.emulator_api.get_json("/api/evse/status")
-    return result
-
-
-def failures(pair: Pair) -> int:
-    """Commands the firmware sent that did not succeed (`comm_sent - comm_success`, §7.1);
-    the smallest of three reads, so a command in flight during one read does not count."""
-    reads = [status(pair) for _ in range(3)]
-    return min(int(r["comm_sent"]) - int(r["comm_success"]) for r in reads)
-
-
-def plug_in_is_seen(pair: Pair) -> None:
-    """The car is connected at the EVSE and the firmware reports it (`$AT`, §7.1)."""
-    assert pair.emulator_api.post("/api/ev/connect", json={}).status_code == 200
-
-    def seen() -> None:
-        st = status(pair)
-        assert (st["vehicle"], st["state"]) == (1, 2), {k: st[k] for k in ("vehicle", "state")}
-
-    eventually(seen, "the firmware sees the car plugged in")
-
-
-def answered_again(pair: Pair, since: float) -> None:
-    """A command after ``since`` got a reply in time on the wire, and the firmware counted a
-    success (`comm_success`, §7.1)."""
-    before = status(pair)["comm_success"]
-
-    def ok() -> None:
-        gaps = [g for _, g in reply_gaps(trace(pair), since=since)]
-        assert any(g < RAPI_TIMEOUT for g in gaps), f"no in-time reply since the fault ended: {gaps}"
-        assert status(pair)["comm_success"] > before
-
-    eventually(ok, "commands answered in time again")
-
-
 def test_late_reply_is_a_timeout_and_the_next_command_works(fault_rig: Callable[[int], Rig]) -> None:
     """firmware.md §6.1: a reply later than 500 ms is a timeout and the next command is sent.
     The delay is measured on the wire: command → reply in the bridge's trace."""
@@ -150,7 +73,7 @@ def test_late_reply_is_a_timeout_and_the_next_command_works(fault_rig: Callable[
         assert gap >= DELAY_MS / 1000, f"reply reached the firmware {gap:.3f}s after its command"
         sent = status(pair)["comm_sent"]
         eventually(
-            lambda: _assert(status(pair)["comm_sent"] >= sent + 2), "the firmware keeps sending commands"
+            lambda: require(status(pair)["comm_sent"] >= sent + 2), "the firmware keeps sending commands"
         )
         late = [g for _, g in reply_gaps(trace(pair), since=on)]
         assert min(late) >= RAPI_TIMEOUT, f"a reply arrived in time while delayed: {late}"
@@ -168,7 +91,7 @@ def test_link_drop_then_recovery(fault_rig: Callable[[int], Rig]) -> None:
     assert status(pair)["rapi_connected"] == 1
     with serial(pair).fault(refuse=True) as f:
         eventually(
-            lambda: _assert(evse_status(pair)["rapi_client_connected"] is False), "the EVSE sees no client"
+            lambda: require(evse_status(pair)["rapi_client_connected"] is False), "the EVSE sees no client"
         )
         f.wait(timeout=TRAFFIC_DEADLINE, disconnected=1)  # replies before the drop are settled
         before = status(pair)
@@ -181,7 +104,7 @@ def test_link_drop_then_recovery(fault_rig: Callable[[int], Rig]) -> None:
         assert all(e["dir"] == FW_TO_EVSE for e in lost)
     # The block returns once the bridge is connected; the EVSE accepts in its own time.
     eventually(
-        lambda: _assert(evse_status(pair)["rapi_client_connected"] is True), "the EVSE sees its client again"
+        lambda: require(evse_status(pair)["rapi_client_connected"] is True), "the EVSE sees its client again"
     )
     answered_again(pair, time.monotonic())
     assert status(pair)["rapi_connected"] == 1
@@ -204,10 +127,10 @@ def test_link_drop_with_junk_lowers_rapi_connected_and_recovery_raises_it(
     ("the controller answered `$GV`") stays 1 throughout."""
     pair = fault_rig(1)[0]
     bridge = serial(pair)
-    eventually(lambda: _assert(status(pair)["rapi_connected"] == 1), "rapi_connected 1 after boot")
+    eventually(lambda: require(status(pair)["rapi_connected"] == 1), "rapi_connected 1 after boot")
     with bridge.fault(refuse=True) as f:
         eventually(
-            lambda: _assert(evse_status(pair)["rapi_client_connected"] is False), "the EVSE sees no client"
+            lambda: require(evse_status(pair)["rapi_client_connected"] is False), "the EVSE sees no client"
         )
         f.wait(timeout=TRAFFIC_DEADLINE, disconnected=2)  # commands lost: timeouts, no bytes
         silent = status(pair)
@@ -228,7 +151,7 @@ def test_link_drop_with_junk_lowers_rapi_connected_and_recovery_raises_it(
             "something besides the junk reached the firmware"
         )
     answered_again(pair, time.monotonic())
-    eventually(lambda: _assert(status(pair)["rapi_connected"] == 1), "rapi_connected 1 after recovery")
+    eventually(lambda: require(status(pair)["rapi_connected"] == 1), "rapi_connected 1 after recovery")
     assert status(pair)["evse_connected"] == 1
 
 
@@ -276,7 +199,7 @@ def test_dropped_reply_is_missing_and_the_next_command_works(fault_rig: Callable
     failed = failures(pair)
     with serial(pair).fault(drop=1, direction=EVSE_TO_FW) as f:
         f.wait(timeout=TRAFFIC_DEADLINE, dropped=1)
-    eventually(lambda: _assert(failures(pair) == failed + 1), "the firmware saw one command fail")
+    eventually(lambda: require(failures(pair) == failed + 1), "the firmware saw one command fail")
     (dropped,) = [e for e in trace(pair) if e.get("fault") == "dropped"]
     sent = [e for e in frames(emulator_trace(pair), direction=EVSE_TO_FW) if e["raw"] == dropped["raw"]]
     assert any(abs(e["t"] - dropped["t"]) < 0.1 for e in sent), "the EVSE never sent the dropped frame"
@@ -310,7 +233,7 @@ def test_corrupted_checksums_are_flagged_in_the_trace(fault_rig: Callable[[int],
         return [e for e in trace(pair) if e.get("fault") == "corrupted" and e["dir"] == direction]
 
     # The engine counts a frame before the bridge's trace line for it is written: poll the trace.
-    eventually(lambda: _assert(len(corrupted(FW_TO_EVSE)) == 1), "the corrupted command in the trace")
+    eventually(lambda: require(len(corrupted(FW_TO_EVSE)) == 1), "the corrupted command in the trace")
     (bad_cmd,) = corrupted(FW_TO_EVSE)
     assert bad_cmd["checksum_ok"] is False
 
@@ -326,10 +249,10 @@ def test_corrupted_checksums_are_flagged_in_the_trace(fault_rig: Callable[[int],
     failed = failures(pair)
     with serial(pair).fault(corrupt=1, direction=EVSE_TO_FW) as g:
         g.wait(timeout=TRAFFIC_DEADLINE, corrupted=1)
-    eventually(lambda: _assert(len(corrupted(EVSE_TO_FW)) == 1), "the corrupted reply in the trace")
+    eventually(lambda: require(len(corrupted(EVSE_TO_FW)) == 1), "the corrupted reply in the trace")
     (bad_reply,) = corrupted(EVSE_TO_FW)
     assert bad_reply["checksum_ok"] is False
-    eventually(lambda: _assert(failures(pair) == failed + 1), "the firmware rejected the corrupted reply")
+    eventually(lambda: require(failures(pair) == failed + 1), "the firmware rejected the corrupted reply")
     answered_again(pair, time.monotonic())
 
 
@@ -342,19 +265,6 @@ def test_controller_reboot_repeats_the_boot_reads(fault_rig: Callable[[int], Rig
     find_boot_reads_after_ab(pair, since=before)
 
 
-def find_boot_reads_after_ab(pair: Pair, since: float) -> None:
-    def boot_reads() -> None:
-        entries = trace(pair)
-        abs_ = frames(entries, direction=EVSE_TO_FW, command="AB", since=since, delivered=True)
-        assert abs_, "no $AB reached the firmware"
-        after = [e["command"] for e in frames(entries, direction=FW_TO_EVSE, since=abs_[-1]["t"])]
-        it = iter(after)
-        missing = [c for c in BOOT_READS if c not in it]  # subsequence, in order
-        assert not missing, f"boot reads after $AB: {after}"
-
-    eventually(boot_reads, "boot reads after $AB")
-
-
 def test_emulator_stopped_and_back(fault_rig: Callable[[int], Rig]) -> None:
     """The controller vanishes (SIGKILL) and comes back on the same port: the bridge
     reconnects, the new controller's `$AB` makes the firmware re-read, commands succeed."""
@@ -364,9 +274,9 @@ def test_emulator_stopped_and_back(fault_rig: Callable[[int], Rig]) -> None:
     with pair.emulator.stopped(kill=True):  # type: ignore[attr-defined]  # process backend
         off = time.monotonic()
         lost = serial(pair).engine.totals
-        eventually(lambda: _assert(lost["disconnected"] >= 1), "a command lost: the EVSE is gone")
+        eventually(lambda: require(lost["disconnected"] >= 1), "a command lost: the EVSE is gone")
         before = status(pair)
-        eventually(lambda: _assert(lost["disconnected"] >= 3), "commands keep going")
+        eventually(lambda: require(lost["disconnected"] >= 3), "commands keep going")
         during = status(pair)
         assert during["comm_sent"] >= before["comm_sent"] + 2
         assert during["comm_success"] == before["comm_success"], "a command succeeded without an EVSE"

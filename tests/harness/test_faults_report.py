@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import env_for
+from tests.harness.support import env_for
 
 INNER = """
 from harness.trace import read_trace

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from conftest import poll
 from harness.bridge import SocatBridge
 from harness.fault_bridge import FaultBridge
+from tests.harness.support import poll
 
 
 class EchoServer:

@@ -12,8 +12,8 @@ from typing import Any
 
 import requests
 
-from conftest import env_for, poll, process_gone
 from harness.runstate import proc_start_time
+from tests.harness.support import env_for, poll, process_gone
 
 HARNESS = [sys.executable, "-m", "harness"]
 

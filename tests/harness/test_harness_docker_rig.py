@@ -7,10 +7,10 @@ import os
 import docker
 import pytest
 
-from conftest import poll
 from harness.errors import PrerequisiteMissing
 from harness.rig import Rig
 from harness.settings import Settings
+from tests.harness.support import poll
 
 IMAGE = os.environ.get("HARNESS_EMULATOR_IMAGE", "openevse-harness/emulator:local")
 

@@ -8,7 +8,7 @@ import sys
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
-from conftest import env_for
+from tests.harness.support import env_for
 
 INNER = """
 import pytest

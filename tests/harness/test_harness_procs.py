@@ -10,9 +10,9 @@ import sys
 import threading
 from pathlib import Path
 
-from conftest import poll, process_gone
 from harness.procs import ManagedProcess
 from harness.runstate import proc_start_time
+from tests.harness.support import poll, process_gone
 
 SPAWN_FROM_SHORT_LIVED_THREAD = """
 import sys, threading

@@ -9,12 +9,12 @@ from typing import Any
 
 import pytest
 
-from conftest import poll, process_gone
 from harness.errors import ProcessDied, ReadinessTimeout
 from harness.fault_bridge import FaultBridge
 from harness.rig import HarnessWarning, Rig, RigStartError
 from harness.runstate import proc_start_time
 from harness.settings import Settings
+from tests.harness.support import poll, process_gone
 
 
 def _pids_with_start(rig: Rig) -> list[tuple[int, int | None]]:

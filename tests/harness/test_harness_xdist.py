@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from conftest import env_for
+from tests.harness.support import env_for
 
 INNER = """
 from __future__ import annotations

@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from conftest import env_for
+from tests.harness.support import env_for
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 

@@ -12,7 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from conftest import env_for
+from tests.harness.support import env_for
 
 # Shared by the inner test files: what "dirty" does and what "clean" asserts (baseline).
 COMMON = '''

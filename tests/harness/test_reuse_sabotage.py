@@ -15,7 +15,7 @@ from pathlib import Path
 
 from test_reuse import summary
 
-from conftest import env_for
+from tests.harness.support import env_for
 
 INNER = """
 from __future__ import annotations
