@@ -12,7 +12,10 @@ installed (one registration, same name).
   returning rig is reset and verified against its baseline (``harness.reset``) before the
   next test gets it, a pair that does not verify is replaced. Markers: ``fresh_rig`` (a
   brand-new rig, discarded afterwards), ``http_only`` (a new rig may be handed over before its
-  EVSE link is up). Every rig is torn down at the end of its scope and of the session.
+  EVSE link is up), ``bridge("python")`` (this test's rigs use that serial bridge, e.g. for
+  link faults, whatever ``HARNESS_BRIDGE`` says; when it differs from the run's bridge they
+  are started for the test and stopped after it, never pooled). Every rig is torn down at
+  the end of its scope and of the session.
 - The terminal summary counts rigs started, reused, reset and replaced, with times (xdist
   workers send theirs to the controller).
 - A missing prerequisite skips loudly, and under ``CI=true`` fails (upstream W15).
@@ -107,6 +110,9 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "instances(*n): the rig sizes this test runs on")
     config.addinivalue_line("markers", "fresh_rig: needs a brand-new rig (no reuse)")
     config.addinivalue_line("markers", "http_only: may start before the EVSE link is up")
+    config.addinivalue_line(
+        "markers", "bridge(name): this test's rigs use that serial bridge (python: link faults)"
+    )
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:
@@ -212,7 +218,7 @@ def _harness_pool(
     config.stash[POOL] = pool
     prestart = str(config.getoption("--rig-prestart"))
     pool.plan(
-        _demand(request.session.items),
+        _demand(request.session.items, harness_settings.resolved_bridge()),
         prestart=prestart == "on" or (prestart == "auto" and not harness_settings.is_stand_in),
     )
     try:
@@ -221,11 +227,30 @@ def _harness_pool(
         pool.close()
 
 
-def _demand(items: list[pytest.Item]) -> list[tuple[str, int, bool]]:
+BRIDGES = ("socat", "python")
+
+
+def _own_bridge(item: pytest.Item, run_bridge: str) -> str | None:
+    """The bridge a ``bridge(name)`` marker asks for when it is not the run's, else None."""
+    marker = item.get_closest_marker("bridge")
+    if marker is None:
+        return None
+    name = marker.args[0] if marker.args else marker.kwargs.get("name")
+    if name not in BRIDGES:
+        raise pytest.UsageError(
+            f"{item.nodeid}: @pytest.mark.bridge({name!r}): the bridge must be one of {', '.join(BRIDGES)}"
+        )
+    return None if name == run_bridge else str(name)
+
+
+def _demand(items: list[pytest.Item], run_bridge: str) -> list[tuple[str, int, bool]]:
     """(test, rig size, fresh) per collected test, as far as the fixtures tell before it
-    runs (``multi_instance_group(n)`` says its size only when called)."""
+    runs (``multi_instance_group(n)`` says its size only when called). Tests on a bridge of
+    their own take no rig from the pool."""
     demand = []
     for item in items:
+        if _own_bridge(item, run_bridge) is not None:
+            continue
         names = getattr(item, "fixturenames", ())
         fresh = item.get_closest_marker("fresh_rig") is not None
         params = getattr(getattr(item, "callspec", None), "params", {})
@@ -246,9 +271,13 @@ class _Rigs:
         self.settings = settings
         self.pool = pool
         self.leases: list[Lease] = []
+        self.own: list[Rig] = []  # on a bridge of the test's own (``bridge`` marker)
 
     def start(self, n: int) -> Rig:
         node = self.request.node
+        bridge = _own_bridge(node, self.settings.resolved_bridge())
+        if bridge is not None:
+            return self._start_own(n, bridge)
         module = getattr(getattr(node, "module", None), "__name__", None)
         self.pool.at(node.nodeid)
         self.pool.take_failed()
@@ -275,8 +304,29 @@ class _Rigs:
         node.stash.setdefault(LOGS, {}).update(lease.rig.log_paths())
         return lease.rig
 
+    def _start_own(self, n: int, bridge: str) -> Rig:
+        """A rig for this test only, on ``bridge``; stopped in ``close``."""
+        node = self.request.node
+        factory: pytest.TempPathFactory = self.request.getfixturevalue("tmp_path_factory")
+        workdir = factory.mktemp(f"rig-n{n}-{bridge}-")
+        rig = Rig(self.settings.with_(bridge=bridge), n, workdir=workdir, kind="pytest")
+        self.own.append(rig)
+        try:
+            rig.start(wait_link=node.get_closest_marker("http_only") is None)
+        except PrerequisiteMissing as exc:
+            _unavailable(exc, self.settings)
+            raise AssertionError("unreachable") from exc  # pragma: no cover
+        finally:
+            node.stash.setdefault(LOGS, {}).update(rig.log_paths())
+        return rig
+
     def close(self) -> None:
         errors: list[BaseException] = []
+        for rig in reversed(self.own):
+            try:
+                rig.close()
+            except HarnessError as exc:
+                errors.append(exc)
         for lease in reversed(self.leases):
             try:
                 self.pool.release(lease)

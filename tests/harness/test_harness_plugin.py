@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import re
+import shutil
 import subprocess
 import sys
 import xml.etree.ElementTree as ET
 from pathlib import Path
+
+import pytest
 
 from tests.harness.support import env_for
 
@@ -39,10 +42,41 @@ def test_fails_with_logs(instance_pair):
 """
 
 
-def _pytest(tmp_path: Path, run_root: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+BRIDGE_INNER = """
+import pytest
+from harness.fault_bridge import FaultBridge
+from harness.trace import read_trace
+
+
+@pytest.mark.bridge("python")
+def test_marked_gets_the_faultable_bridge(instance_pair):
+    pair = instance_pair()
+    assert isinstance(pair.bridge, FaultBridge)
+    with pair.serial.fault(drop=1) as f:
+        f.wait(dropped=1)
+    assert [e for e in read_trace(pair.trace_path) if e.get("fault") == "dropped"]
+
+
+def test_unmarked_keeps_the_run_bridge(instance_pair):
+    assert instance_pair().bridge.kind == "socat"
+"""
+
+BAD_BRIDGE_INNER = """
+import pytest
+
+
+@pytest.mark.bridge("serial-cable")
+def test_bad(instance_pair):
+    instance_pair()
+"""
+
+
+def _pytest(
+    tmp_path: Path, run_root: Path, *args: str, inner_text: str = INNER, **env: str
+) -> subprocess.CompletedProcess[str]:
     inner = tmp_path / "inner"
     inner.mkdir(exist_ok=True)
-    (inner / "test_inner_plugin.py").write_text(INNER)
+    (inner / "test_inner_plugin.py").write_text(inner_text)
     return subprocess.run(
         [
             sys.executable,
@@ -117,3 +151,25 @@ def test_missing_firmware_fails_under_ci(tmp_path: Path, run_root: Path) -> None
     assert result.returncode == 1, result.stdout[-3000:]
     assert "skipped" not in result.stdout.splitlines()[-1]
     assert "CI=true: failing instead of skipping" in result.stdout
+
+
+def test_bridge_marker_gives_a_test_its_own_bridge(tmp_path: Path, run_root: Path) -> None:
+    """`@pytest.mark.bridge("python")`: link faults in one test while the run uses socat."""
+    if shutil.which("socat") is None:
+        pytest.fail("socat is not installed (fix: apt-get install socat)")
+    result = _pytest(tmp_path, run_root, inner_text=BRIDGE_INNER, HARNESS_BRIDGE="socat")
+    out = result.stdout
+    assert result.returncode == 0, out[-3000:]
+    assert "PASSED test_inner_plugin.py::test_marked_gets_the_faultable_bridge" in out
+    assert "PASSED test_inner_plugin.py::test_unmarked_keeps_the_run_bridge" in out
+    # Only the unmarked test's rig came from the pool.
+    assert "harness rigs (--rig-scope session): 1 started" in out
+    assert list((run_root / "sessions").iterdir()) == []
+
+
+def test_bridge_marker_rejects_an_unknown_bridge(tmp_path: Path, run_root: Path) -> None:
+    result = _pytest(tmp_path, run_root, inner_text=BAD_BRIDGE_INNER)
+    assert result.returncode != 0, result.stdout[-3000:]
+    assert "@pytest.mark.bridge('serial-cable'): the bridge must be one of socat, python" in (
+        result.stdout + result.stderr
+    )
