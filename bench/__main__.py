@@ -14,6 +14,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from bench.link import link_figures, measure_link
 from bench.measure import RigSample, baselines, docker_ready, run_suite, safe_measure_rig
 from bench.plot import plot
 from bench.report import (
@@ -42,6 +43,8 @@ class Plan:
 
 FULL = Plan((1, 2, 4, 8, 16), (2, 4, 8), (1, 2, 4), ((2, 1), (3, 1), (4, 1), (2, 2), (3, 2), (4, 2)))
 QUICK = Plan((1, 2, 4), (2, 4), (1, 2), ((2, 1),))
+LINK_REPS = 500
+QUICK_LINK_REPS = 100
 
 
 def _positive(text: str) -> int:
@@ -73,6 +76,23 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--suite-reps", type=_positive, default=1, help="runs of each suite configuration (default 1)"
     )
+    p.add_argument(
+        "--link",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="time one RAPI round trip: direct TCP, socat bridge, python bridge (bench/link.py)",
+    )
+    p.add_argument(
+        "--link-reps",
+        type=_positive,
+        default=None,
+        help=f"measured round trips per link path (default {LINK_REPS}, quick {QUICK_LINK_REPS})",
+    )
+    p.add_argument(
+        "--link-only",
+        action="store_true",
+        help="measure the RAPI link alone: no rigs, baselines, docker or suite (seconds, not minutes)",
+    )
     p.add_argument("--ns", type=_sizes_arg, default=None, help="rig sizes for time to ready, e.g. 1,2,4,8,16")
     p.add_argument("--out", type=Path, default=REPO / "bench" / "out", help="output directory")
     return p.parse_args(argv)
@@ -82,6 +102,13 @@ def _sizes(text: str | None, default: Sequence[int]) -> tuple[int, ...]:
     if not text:
         return tuple(default)
     return tuple(int(part) for part in text.split(",") if part.strip())
+
+
+def link_reps_of(args: argparse.Namespace) -> int:
+    """``--link-reps``, else fewer round trips for ``--quick`` (100) than for a full run (500)."""
+    if args.link_reps is not None:
+        return int(args.link_reps)
+    return QUICK_LINK_REPS if args.quick else LINK_REPS
 
 
 def _describe(sample: RigSample) -> str:
@@ -111,6 +138,9 @@ def run(args: argparse.Namespace) -> int:
 
     plan = QUICK if args.quick else FULL
     reps = args.reps if args.reps is not None else (2 if args.quick else 5)
+    link_only = bool(args.link_only)
+    link = bool(args.link) or link_only
+    link_reps = link_reps_of(args)
     ns = _sizes(args.ns, plan.ns)
     mdns_ns = set(plan.mdns_ns)
     env = dict(os.environ)
@@ -132,34 +162,58 @@ def run(args: argparse.Namespace) -> int:
             "mdns_ns": sorted(mdns_ns),
             "poll_s": 0.05,
             "docker_ns": list(plan.docker_ns),
-            "suite": [list(x) for x in plan.suite] if args.suite else [],
+            "suite": [list(x) for x in plan.suite] if args.suite and not link_only else [],
             "suite_reps": args.suite_reps,
+            "link_reps": link_reps if link else None,
+            "link_only": link_only,
         },
     }
     samples: list[RigSample] = []
     loads: list[float] = []
     started = time.monotonic()
     interrupted = False
-    print(f"bench: {results['settings']['firmware']}, bridge {results['settings']['bridge']}, {reps} reps")
+    if link_only:
+        print(f"bench: the RAPI link only, {link_reps} round trips per path")
+    else:
+        print(
+            f"bench: {results['settings']['firmware']}, bridge {results['settings']['bridge']}, {reps} reps"
+        )
     try:
-        results["baselines"] = baselines(settings)
-        first = safe_measure_rig(settings, 1, logs_dir=out / "rigs")
-        results["cold_first_rig"] = first.to_json()
-        print(f"  first rig of this process (N=1): {_describe(first)}")
-        for rep in range(reps):  # rep-major, so a load spike hits every N alike
-            for n in ns:
-                loads.append(os.getloadavg()[0])
-                sample = safe_measure_rig(settings, n, converge=n in mdns_ns, logs_dir=out / "rigs")
-                samples.append(sample)
-                print(f"  process N={n:>2} rep {rep + 1}/{reps}: {_describe(sample)}", flush=True)
+        if link_only:
+            results["rigs_skipped"] = "--link-only"
+        else:
+            results["baselines"] = baselines(settings)
+            first = safe_measure_rig(settings, 1, logs_dir=out / "rigs")
+            results["cold_first_rig"] = first.to_json()
+            print(f"  first rig of this process (N=1): {_describe(first)}")
+            for rep in range(reps):  # rep-major, so a load spike hits every N alike
+                for n in ns:
+                    loads.append(os.getloadavg()[0])
+                    sample = safe_measure_rig(settings, n, converge=n in mdns_ns, logs_dir=out / "rigs")
+                    samples.append(sample)
+                    print(f"  process N={n:>2} rep {rep + 1}/{reps}: {_describe(sample)}", flush=True)
+
+        if link:
+            loads.append(os.getloadavg()[0])
+            print(f"  RAPI link: {link_reps} round trips per path ...", flush=True)
+            results["link"] = {}  # filled as it goes: an interrupt keeps what was measured
+            measure_link(
+                settings,
+                reps=link_reps,
+                logs_dir=out / "rigs",
+                out=results["link"],
+                progress=lambda text: print(f"    {text}", flush=True),
+            )
+        else:
+            results["link_skipped"] = "--no-link"
 
         docker_ns = plan.docker_ns
-        want_docker = args.docker
+        want_docker = False if link_only else args.docker
         reason = (
             None if want_docker is False else docker_ready(env.get("HARNESS_EMULATOR_IMAGE") or DOCKER_IMAGE)
         )
         if want_docker is False:
-            results["docker_skipped"] = "--no-docker"
+            results["docker_skipped"] = "--link-only" if link_only else "--no-docker"
         elif reason is not None:
             results["docker_skipped"] = reason
             if want_docker:
@@ -176,7 +230,7 @@ def run(args: argparse.Namespace) -> int:
                     samples.append(sample)
                     print(f"  docker  N={n:>2} rep {rep + 1}/{reps}: {_describe(sample)}", flush=True)
 
-        if args.suite:
+        if args.suite and not link_only:
             results["suite"] = []
             print("  suite collection only ...", flush=True)
             results["suite_collect"] = run_suite(2, 1, cwd=REPO, log_dir=out, collect_only=True)
@@ -193,7 +247,7 @@ def run(args: argparse.Namespace) -> int:
                         flush=True,
                     )
         else:
-            results["suite_skipped"] = "--no-suite"
+            results["suite_skipped"] = "--link-only" if link_only else "--no-suite"
     except KeyboardInterrupt:
         interrupted = True
         print("bench: interrupted; writing what was measured", file=sys.stderr)
@@ -210,6 +264,8 @@ def run(args: argparse.Namespace) -> int:
         figures["cold_first_rig_s"] = summarize([cold])
     results["figures"] = figures
     figures["suite_wall_s"] = suite_figures(results.get("suite", []))
+    if "link" in results:
+        figures["link_ms"] = link_figures(results["link"])
     results["floors"] = evaluate_floors(figures)
     results["samples"] = [s.to_json() for s in samples]
     json_path = out / "results.json"
@@ -219,11 +275,15 @@ def run(args: argparse.Namespace) -> int:
         f"{results['settings']['firmware']}, bridge {results['settings']['bridge']}, {reps} reps; "
         f"{results['machine']['cpu_count']} cpus, load {results['machine']['loadavg_start'][0]}; {commit}"
     )
-    png = plot(figures, out / "time_vs_n.png", title)
+    png = plot(figures, out / "time_vs_n.png", title) if samples else None
     print()
     print(format_table(results))
     print()
-    print(f"wrote {json_path}" + (f" and {png}" if png else " (no plot: pip install -e '.[bench]')"))
+    if png:
+        print(f"wrote {json_path} and {png}")
+    else:
+        why = "no rig was measured" if not samples else "pip install -e '.[bench]'"
+        print(f"wrote {json_path} (no plot: {why})")
     return 130 if interrupted else 0
 
 

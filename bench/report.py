@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from bench.link import format_link
 from bench.measure import PARTS, STAGES, RigSample
 from bench.stats import Summary, summarize
 
@@ -232,6 +233,11 @@ TABLE_ROWS: tuple[tuple[str, tuple[str, ...], str], ...] = (
 def format_table(results: Mapping[str, Any]) -> str:
     """The printed report: figures by N with floors, stage shares, suite runs, floors summary."""
     figures = results.get("figures", {})
+    if results.get("rigs_skipped"):  # --link-only: no rig figures, no floors to compare
+        lines = format_link(results.get("link") or {}, figures.get("link_ms") or {})
+        lines.append(f"rigs, docker and suite: not measured ({results['rigs_skipped']})")
+        lines += _machine_line(results)
+        return "\n".join(lines)
     lines = [f"{'figure':<34} {'N':>4} {'reps':>4} {'p50':>8} {'p95':>8} {'min':>8} {'max':>8}  unit"]
     lines.append("-" * len(lines[0]))
     cold = figures.get("cold_first_rig_s")
@@ -302,6 +308,10 @@ def format_table(results: Mapping[str, Any]) -> str:
         for n in sorted(by_n, key=int):
             cells = [f"{p} {v['p50']:.3f}/{v['max']:.3f}" for p, v in by_n[n].items()]
             lines.append(f"  N={n:>2}: " + " | ".join(cells))
+    link = results.get("link")
+    if link:
+        lines.append("")
+        lines += format_link(link, figures.get("link_ms") or {})
     suite = results.get("suite")
     if suite:
         lines.append("")
@@ -332,6 +342,8 @@ def format_table(results: Mapping[str, Any]) -> str:
         lines.append(f"integration suite: not run ({results['suite_skipped']})")
     if results.get("docker_skipped"):
         lines.append(f"docker: not measured ({results['docker_skipped']})")
+    if results.get("link_skipped"):
+        lines.append(f"RAPI link: not measured ({results['link_skipped']})")
     failures = figures.get("failures")
     if failures:
         lines.append(
@@ -353,13 +365,18 @@ def format_table(results: Mapping[str, Any]) -> str:
     ]
     if base_cells:
         lines.append("baselines (fastest of 3; spawn: median): " + ", ".join(base_cells))
-    machine = results.get("machine", {})
-    if machine:
-        lines.append(
-            f"machine: {machine.get('cpu_count')} cpus ({machine.get('cpu_model')}), load average at start "
-            f"{machine.get('loadavg_start')}, at end {machine.get('loadavg_end')}"
-        )
+    lines += _machine_line(results)
     return "\n".join(lines)
+
+
+def _machine_line(results: Mapping[str, Any]) -> list[str]:
+    machine = results.get("machine", {})
+    if not machine:
+        return []
+    return [
+        f"machine: {machine.get('cpu_count')} cpus ({machine.get('cpu_model')}), load average at start "
+        f"{machine.get('loadavg_start')}, at end {machine.get('loadavg_end')}"
+    ]
 
 
 # ---- facts of the run ---------------------------------------------------------------------
