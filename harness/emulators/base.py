@@ -6,9 +6,10 @@ RAPI over TCP on ``rapi_host:rapi_port`` and the upstream control API at ``web_u
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 
 @dataclass(frozen=True)
@@ -72,3 +73,30 @@ class EmulatorBackend(Protocol):
 
         On failure everything started is removed before the error propagates."""
         ...
+
+
+class ControllerFaults:
+    """The controller faults of a handle (docs/faults.md), the same on every backend;
+    ``harness.faults`` does the backend's part (a process restarted on its ports, a container
+    replaced by one on the same host ports)."""
+
+    def kill_and_wait(self, timeout: float = 5.0) -> None:
+        from harness.faults import stop_emulator
+
+        stop_emulator(self, kill=True, timeout=timeout)
+
+    def stopped(self, *, kill: bool = False) -> AbstractContextManager[Any]:
+        """Gone inside the block (SIGKILL with ``kill=True``), back on the same ports after it."""
+        from harness.faults import emulator_stopped
+
+        return emulator_stopped(self, kill=kill)
+
+    def restart(self, *, kill: bool = False) -> None:
+        with self.stopped(kill=kill):
+            pass
+
+    def reboot(self) -> None:
+        """Controller reboot: ``POST /api/evse/reset`` sends ``$AB`` (evse.md §6)."""
+        from harness.faults import reboot_emulator
+
+        reboot_emulator(self)

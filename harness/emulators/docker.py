@@ -21,7 +21,6 @@ import threading
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Sequence
-from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +30,7 @@ from docker.models.containers import Container
 from harness.docker import labels as L
 from harness.docker.engine import ClientFactory, connect, default_client, engine_unreachable, image_missing
 from harness.docker.names import IMAGE_ENV, UPSTREAM_IMAGE
-from harness.emulators.base import EmulatorSpec
+from harness.emulators.base import ControllerFaults, EmulatorSpec
 from harness.errors import HarnessError, TeardownErrors
 from harness.waiting import NotYet, tail, wait_until
 
@@ -157,7 +156,7 @@ _REAPERS: dict[str, _Reaper] = {}
 _REAPERS_LOCK = threading.Lock()
 
 
-class DockerEmulatorHandle:
+class DockerEmulatorHandle(ControllerFaults):
     """One running emulator container."""
 
     def __init__(
@@ -319,27 +318,6 @@ class DockerEmulatorHandle:
             with os.fdopen(fd, "ab") as fh:
                 fh.write(f"# harness: container {container.short_id} (stopped for a fault)\n".encode())
                 fh.write(raw)
-
-    def kill_and_wait(self, timeout: float = 5.0) -> None:
-        from harness.faults import stop_emulator
-
-        stop_emulator(self, kill=True, timeout=timeout)
-
-    def stopped(self, *, kill: bool = False) -> AbstractContextManager[Any]:
-        """Gone inside the block (SIGKILL with ``kill=True``), back on the same ports after it."""
-        from harness.faults import emulator_stopped
-
-        return emulator_stopped(self, kill=kill)
-
-    def restart(self, *, kill: bool = False) -> None:
-        with self.stopped(kill=kill):
-            pass
-
-    def reboot(self) -> None:
-        """Controller reboot: ``POST /api/evse/reset`` sends ``$AB`` (evse.md §6)."""
-        from harness.faults import reboot_emulator
-
-        reboot_emulator(self)
 
     def stop(self, timeout: float = 3.0) -> None:
         """Stop, save the log, remove; idempotent; every step runs even after a failure."""

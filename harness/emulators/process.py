@@ -11,13 +11,12 @@ from __future__ import annotations
 import json
 import shutil
 from collections.abc import Callable
-from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
 import requests
 
-from harness.emulators.base import EmulatorSpec
+from harness.emulators.base import ControllerFaults, EmulatorSpec
 from harness.errors import PrerequisiteMissing, ProcessDied
 from harness.http import plain_get
 from harness.ports import PortAllocator, PortLease, looks_like_address_in_use
@@ -45,7 +44,7 @@ def find_ready_line(text: str) -> dict[str, Any] | None:
     return None
 
 
-class ProcessEmulator:
+class ProcessEmulator(ControllerFaults):
     """One emulator process (implements ``EmulatorHandle``)."""
 
     def __init__(self, spec: EmulatorSpec, proc: ManagedProcess, leases: list[PortLease]) -> None:
@@ -97,29 +96,6 @@ class ProcessEmulator:
 
     def kill(self) -> None:
         self.proc.kill()
-
-    # ---- process faults (docs/faults.md): same ports after a restart ---------------------
-
-    def kill_and_wait(self, timeout: float = 5.0) -> None:
-        from harness.faults import stop_emulator
-
-        stop_emulator(self, kill=True, timeout=timeout)
-
-    def stopped(self, *, kill: bool = False) -> AbstractContextManager[Any]:
-        """Gone inside the block (SIGKILL with ``kill=True``), back on the same ports after it."""
-        from harness.faults import emulator_stopped
-
-        return emulator_stopped(self, kill=kill)
-
-    def restart(self, *, kill: bool = False) -> None:
-        with self.stopped(kill=kill):
-            pass
-
-    def reboot(self) -> None:
-        """Controller reboot: ``POST /api/evse/reset`` sends ``$AB`` (evse.md §6)."""
-        from harness.faults import reboot_emulator
-
-        reboot_emulator(self)
 
 
 class ProcessBackend:
