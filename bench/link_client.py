@@ -2,11 +2,11 @@
 
 Runs as its own process (``python bench/link_client.py pty:/path/rapi.pty``), as the firmware
 does: the python bridge lives in the harness process, and a client sharing that process (and
-its GIL) would make the bridge look slower or faster than it is for a real firmware. Stdlib
-only, so it starts fast and runs by path from anywhere. Prints one JSON object on stdout.
+its GIL) would make the bridge look slower or faster than it is for a real firmware. Prints
+one JSON object on stdout.
 
-Its own RAPI framing (not the emulator's) so that a bug in the emulator's framing cannot hide
-behind the same bug in the checker.
+Checksums come from ``harness.trace`` (the harness's reading of evse.md §1), not from the
+emulator, so a bug in the emulator's framing cannot hide behind the same bug in the checker.
 """
 
 from __future__ import annotations
@@ -23,16 +23,11 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 
+from harness.trace import checksum_ok as trace_checksum_ok
+from harness.trace import xor_checksum
+
 MAX_FRAME = 256  # a RAPI frame is far shorter; longer is garbage, not a frame
 KEEP_BAD = 5  # bad replies kept verbatim in the result
-
-
-def xor_checksum(data: bytes) -> int:
-    """XOR of every byte, as RAPI's ``^CC`` checksum (evse.md §1)."""
-    value = 0
-    for byte in data:
-        value ^= byte
-    return value
 
 
 def frame(body: str) -> bytes:
@@ -47,10 +42,7 @@ def checksum_ok(text: str) -> bool:
     """A frame (without ``\\r``) ending in ``^CC``, two upper-case hex digits that match.
 
     Upper case only: the firmware rejects lower-case hex (firmware.md §6.1)."""
-    body, sep, cc = text.rpartition("^")
-    if not sep or len(cc) != 2 or any(c not in "0123456789ABCDEF" for c in cc):
-        return False
-    return int(cc, 16) == xor_checksum(body.encode("ascii", "replace"))
+    return "^" in text and trace_checksum_ok(text.encode("latin-1", "replace"), upper_only=True)
 
 
 def is_reply(text: str) -> bool:
