@@ -434,16 +434,7 @@ class DockerBackend:
         )
         self._acquire(spec.session, spec.run_dir)  # before create: a crash from here on is covered
         try:
-            container = client.containers.create(
-                self.image,
-                command=self.command,
-                name=container_name(spec.instance),
-                environment=container_environment(),
-                ports={WEB_KEY: (HOST_IP, None), RAPI_KEY: (HOST_IP, None)},
-                labels=labels,
-                detach=True,
-                auto_remove=False,
-            )
+            container = self._create(client, spec, labels, web_port=None, rapi_port=None)
         except ImageNotFound as exc:
             self._release(spec.session)
             raise image_missing(self.image) from exc
@@ -460,7 +451,7 @@ class DockerBackend:
         handle = DockerEmulatorHandle(spec, container, self, spec.run_dir / "emulator.log")
         try:
             container.start()
-            self._wait_ready(handle)
+            self.wait_ready(handle)
         except BaseException:
             with contextlib.suppress(HarnessError):
                 handle.stop(timeout=1)
@@ -475,16 +466,7 @@ class DockerBackend:
 
         client = self.client()
         try:
-            container: Container = client.containers.create(
-                self.image,
-                command=self.command,
-                name=container_name(spec.instance),
-                environment=container_environment(),
-                ports={WEB_KEY: (HOST_IP, web_port), RAPI_KEY: (HOST_IP, rapi_port)},
-                labels=dict(labels),
-                detach=True,
-                auto_remove=False,
-            )
+            container = self._create(client, spec, dict(labels), web_port=web_port, rapi_port=rapi_port)
         except BaseException as exc:
             self._remove_leftovers(client, spec)
             if isinstance(exc, (APIError, DockerException)):
@@ -492,10 +474,29 @@ class DockerBackend:
             raise
         return container
 
-    def wait_ready(self, handle: DockerEmulatorHandle, timeout: float | None = None) -> None:
-        self._wait_ready(handle, timeout)
+    def _create(
+        self,
+        client: Any,
+        spec: EmulatorSpec,
+        labels: dict[str, str],
+        *,
+        web_port: int | None,
+        rapi_port: int | None,
+    ) -> Container:
+        """Create (not start) the container; host ports None: Docker chooses them."""
+        container: Container = client.containers.create(
+            self.image,
+            command=self.command,
+            name=container_name(spec.instance),
+            environment=container_environment(),
+            ports={WEB_KEY: (HOST_IP, web_port), RAPI_KEY: (HOST_IP, rapi_port)},
+            labels=labels,
+            detach=True,
+            auto_remove=False,
+        )
+        return container
 
-    def _wait_ready(self, handle: DockerEmulatorHandle, timeout: float | None = None) -> None:
+    def wait_ready(self, handle: DockerEmulatorHandle, timeout: float | None = None) -> None:
         spec = handle.spec
 
         def ready(remaining: float) -> bool:
